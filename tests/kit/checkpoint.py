@@ -1,0 +1,181 @@
+"""Tiny Llama-3-style Hugging Face checkpoints, built at test time without any network.
+
+`build_tiny_checkpoint(out_dir, ...)` writes what Meta's repositories hold for a Llama 3.x
+model: config.json (in Meta's style: `rope_theta` and `rope_scaling` at the top level,
+`torch_dtype`, several EOS ids), generation_config.json, the weights as safetensors (one
+file, or shards with model.safetensors.index.json) and a real BPE tokenizer
+(tests/kit/tokenizer.py).
+
+Weights are random, deterministic by seed, drawn with std 0.05 (not transformers' 0.02:
+with 0.02 attention is nearly uniform and a wrong q/k permutation moves the logits by only
+~0.05, so parity tests would lose their teeth). RMSNorm weights are drawn around 1 so that
+swapping two norms is visible too.
+
+Variants: tied embeddings on/off, Llama 3.1-style `rope_scaling` (`rope_type: llama3`)
+on/off, float32/bfloat16/float16 weights, the chat template in tokenizer_config.json or in
+chat_template.jinja, config.json in Meta's or transformers 5's style."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.kit.tokenizer import LLAMA3_SPECIAL_TOKENS, build_tokenizer
+
+# The tiny model uses a short original context for its llama3 rope scaling so that the
+# scaling changes positions inside a 100-token prompt (with Meta's 8192 it would not, and a
+# converter that forgot rope_freqs would still pass).
+TINY_ROPE_SCALING = {
+    "factor": 8.0,
+    "high_freq_factor": 4.0,
+    "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 64,
+    "rope_type": "llama3",
+}
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    tied: bool = False
+    rope_scaling: bool = False
+    dtype: str = "float32"             # float32 | bfloat16 | float16
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    std: float = 0.05
+    seed: int = 1234
+    bpe_vocab_size: int = 500
+    template_in: str = "tokenizer_config"   # tokenizer_config | jinja
+    config_style: str = "meta"              # meta | transformers
+    max_shard_size: str | None = None       # e.g. "200KB" to write several shards
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _special_id(n_bpe: int, token: str) -> int:
+    return n_bpe + LLAMA3_SPECIAL_TOKENS.index(token)
+
+
+def build_tiny_checkpoint(out_dir: Path, spec: TinySpec | None = None, **overrides) -> Path:
+    """Build a checkpoint folder for `spec` (or TinySpec(**overrides)); return the folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    spec = spec or TinySpec(**overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    vocab_size = build_tokenizer(out_dir, bpe_vocab_size=spec.bpe_vocab_size, template_in=spec.template_in)
+    n_bpe = vocab_size - len(LLAMA3_SPECIAL_TOKENS)
+    bos = _special_id(n_bpe, "<|begin_of_text|>")
+    eos = [_special_id(n_bpe, t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    head_dim = spec.hidden_size // spec.num_attention_heads
+
+    rope_params = {"rope_theta": spec.rope_theta, "rope_type": "default"}
+    if spec.rope_scaling:
+        rope_params = {"rope_theta": spec.rope_theta, **TINY_ROPE_SCALING}
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=spec.rms_norm_eps,
+        initializer_range=spec.std,
+        tie_word_embeddings=spec.tied,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        rope_parameters=rope_params,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+            else:
+                param.copy_(spec.std * torch.randn(param.shape, generator=gen))
+    model.tie_weights()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
+    model = model.to(dtype)
+    save_kwargs = {"safe_serialization": True}
+    if spec.max_shard_size:
+        save_kwargs["max_shard_size"] = spec.max_shard_size
+    model.save_pretrained(out_dir, **save_kwargs)
+
+    if spec.config_style == "meta":
+        meta = {
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "head_dim": head_dim,
+            "hidden_act": "silu",
+            "hidden_size": spec.hidden_size,
+            "initializer_range": spec.std,
+            "intermediate_size": spec.intermediate_size,
+            "max_position_embeddings": spec.max_position_embeddings,
+            "mlp_bias": False,
+            "model_type": "llama",
+            "num_attention_heads": spec.num_attention_heads,
+            "num_hidden_layers": spec.num_hidden_layers,
+            "num_key_value_heads": spec.num_key_value_heads,
+            "pretraining_tp": 1,
+            "rms_norm_eps": spec.rms_norm_eps,
+            "rope_scaling": dict(TINY_ROPE_SCALING) if spec.rope_scaling else None,
+            "rope_theta": spec.rope_theta,
+            "tie_word_embeddings": spec.tied,
+            "torch_dtype": spec.dtype,
+            "transformers_version": "4.45.0",
+            "use_cache": True,
+            "vocab_size": vocab_size,
+        }
+        (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    elif spec.config_style != "transformers":
+        raise ValueError(f"config_style must be 'meta' or 'transformers', not {spec.config_style!r}")
+
+    generation = {
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.9,
+    }
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def load_reference(ckpt_dir: Path):
+    """transformers' LlamaForCausalLM on the checkpoint, in float32, eval mode: the
+    independent reference that conversions are checked against."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def reference_logits(model, ids: list[int]):
+    """float32 logits of every position, shape (len(ids), vocab), as numpy."""
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.tensor([ids], dtype=torch.long))
+    return out.logits[0].float().numpy()
