@@ -10,7 +10,7 @@ _llamactl() {
     case "$verb" in
         bench)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --ctx --depth --flash-attn --gpu-layers --help --history --json --kv-type --n-gen --n-prompt --no-warmup --output --pg --quiet --repetitions --save --seed --test --threads --ubatch-size --verbose -b -c -d -fa -n -ngl -o -p -pg -q -r -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -37,11 +37,15 @@ _llamactl() {
             fi
             ;;
         license)
-            if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
-            else
-                COMPREPLY=( $(compgen -f -- "$cur") )
+            if [ "$COMP_CWORD" -eq 2 ]; then
+                COMPREPLY=( $(compgen -W "accept list revoke show --help" -- "$cur") ); return
             fi
+            case "$sub" in
+                accept) COMPREPLY=( $(compgen -W "--help --json" -- "$cur") ) ;;
+                list) COMPREPLY=( $(compgen -W "--help --json" -- "$cur") ) ;;
+                revoke) COMPREPLY=( $(compgen -W "--help" -- "$cur") ) ;;
+                show) COMPREPLY=( $(compgen -W "--help --json" -- "$cur") ) ;;
+            esac
             ;;
         list)
             if [[ "$cur" == -* ]]; then
@@ -52,7 +56,7 @@ _llamactl() {
             ;;
         models)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--help --json" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -66,7 +70,7 @@ _llamactl() {
             ;;
         pull)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --help --json --quiet --revision -q" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
