@@ -1,11 +1,163 @@
-"""`llamactl chat`."""
+"""`llamactl chat`: the REPL on a terminal, one-shot answers in a pipe or with a prompt."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli.options import (AcceptLicenseOpt, CtxOpt, DryRunOpt, GpuLayersOpt, JsonOpt, ModelArg,
+                                  ThreadsOpt, VerboseOpt)
+
+PromptArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="A prompt: answer it and exit (one-shot). Piped stdin is read first.",
+                   show_default=False),
+]
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "chat", "Chat with a model (REPL on a terminal, one-shot in a pipe).")
+def parse_gpu_layers(value: str) -> int | str:
+    from llamactl.errors import UsageError
+
+    text = (value or "auto").strip().lower()
+    if text in ("auto", ""):
+        return "auto"
+    if text in ("all", "-1"):
+        return 10_000
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"--gpu-layers must be a number or 'auto', not {value!r}") from None
+    if n < 0:
+        raise UsageError(f"--gpu-layers must be 0 or more, or 'auto', not {value!r}")
+    return n
+
+
+def resolve_model(ref: str, *, accept_license: bool, quiet: bool) -> Path:
+    """A model reference to the path of its GGUF (pulling it first when needed)."""
+    from llamactl.errors import NotFound
+
+    try:
+        from llamactl.cli import pull
+
+        ensure = getattr(pull, "ensure_model_file", None)
+    except ImportError:  # pragma: no cover
+        ensure = None
+    if ensure is not None:
+        return Path(ensure(ref, accept_license=accept_license, quiet=quiet))
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" or path.exists():
+        if not path.is_file():
+            raise NotFound(f"model file not found: {path}")
+        return path
+    raise NotFound(f"model {ref!r} is not a .gguf file, and model references need `llamactl pull`",
+                   hint="give the path of a .gguf file")
+
+
+def register(app) -> None:
+    @app.command("chat", help=(
+        "Chat with a model. On a terminal: an interactive REPL (/help lists its commands). "
+        "With a prompt, or with text piped in: print the answer and exit."))
+    def chat(
+        model: ModelArg,
+        prompt: PromptArg = None,
+        system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+        system_file: Annotated[Optional[Path], typer.Option(
+            "--system-file", help="Read the system prompt from a file.", dir_okay=False)] = None,
+        load: Annotated[Optional[Path], typer.Option(
+            "--load", help="Resume a conversation saved with /save (JSON).", dir_okay=False)] = None,
+        json_out: JsonOpt = False,
+        temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0: greedy).", min=0.0)] = 0.8,
+        top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep this probability mass.", min=0.0, max=1.0)] = 0.95,
+        top_k: Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens (0: all).", min=0)] = 40,
+        min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top one's probability.", min=0.0, max=1.0)] = 0.05,
+        repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", help="Penalty for repeated tokens (1.0: none).", min=0.0)] = 1.0,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (same seed, same output).", min=0)] = None,
+        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens per answer (default: until the model stops or the context is full).", min=1)] = None,
+        ctx: CtxOpt = None,
+        threads: ThreadsOpt = None,
+        gpu_layers: GpuLayersOpt = "auto",
+        cpu_moe: Annotated[Optional[int], typer.Option("--cpu-moe", help="Keep the MoE experts of the first N layers in CPU memory.", min=0)] = None,
+        chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Chat template instead of the GGUF's: llama3, llama4, llama2, chatml, plain, or a .jinja file.")] = None,
+        flash_attn: Annotated[bool, typer.Option("--flash-attn", help="Use flash attention.")] = False,
+        verbose: VerboseOpt = False,
+        accept_license: AcceptLicenseOpt = False,
+        dry_run: DryRunOpt = False,
+    ) -> None:
+        import sys
+
+        from llamactl.cli import output
+        from llamactl.errors import NotFound, UsageError
+
+        # 1. flags, before anything slow
+        if system is not None and system_file is not None:
+            raise UsageError("give --system or --system-file, not both")
+        n_gpu = parse_gpu_layers(gpu_layers)
+        interactive = not prompt and output.stdin_is_tty()
+        if json_out and interactive and not dry_run:
+            raise UsageError("--json is for one-shot answers",
+                             hint='give a prompt (llamactl chat MODEL "question" --json) or pipe text in')
+        if system_file is not None:
+            try:
+                system = system_file.expanduser().read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                raise NotFound(f"system prompt file not found: {system_file}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read {system_file}: {exc}") from exc
+
+        from llamactl.chat.conversation import Conversation
+        from llamactl.engine import EngineOptions, Sampling
+
+        conv = Conversation.load(load) if load is not None else Conversation()
+        if system is not None:
+            conv.system = system or None
+        message = None
+        if not interactive and not dry_run:
+            from llamactl.chat.oneshot import read_input
+
+            message = read_input(prompt, None if output.stdin_is_tty() else sys.stdin)
+
+        options = EngineOptions(n_ctx=ctx, gpu_layers=n_gpu, cpu_moe=cpu_moe, threads=threads,
+                                flash_attn=flash_attn, seed=seed, verbose=verbose,
+                                chat_format=chat_format)
+        sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                            repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
+
+        # 2. the model
+        path = resolve_model(model, accept_license=accept_license, quiet=False)
+        if dry_run:
+            from llamactl.engine import make_plan
+
+            plan = make_plan(path, options)
+            doc = {"model": model, "path": str(path), **plan.to_dict()}
+            if json_out:
+                output.json_doc(doc)
+            else:
+                for key, value in doc.items():
+                    output.data(f"{key}: {value}")
+            return
+
+        from llamactl.engine import Engine
+
+        engine = Engine.load(path, options)
+        for warning in getattr(engine.plan, "warnings", []) or []:
+            output.warn(warning)
+        try:
+            if interactive:
+                from llamactl.chat.repl import run_repl
+
+                code = run_repl(engine, conv, sampling, model_name=model)
+                raise typer.Exit(code)
+            from llamactl.chat.oneshot import run_oneshot
+
+            doc = run_oneshot(engine, conv, message, sampling, model_name=model, json_out=json_out,
+                              notice=output.note)
+            if verbose:
+                t = doc["timings"]
+                u = doc["usage"]
+                output.note(f"{u['completion_tokens']} tokens, {t['generation_tokens_per_second']:.1f} tok/s, "
+                            f"TTFT {t['ttft_seconds']:.2f} s, prompt {u['prompt_tokens']} tokens "
+                            f"({u['prompt_tokens_evaluated']} evaluated)")
+        finally:
+            engine.close()
