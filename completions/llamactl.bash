@@ -17,7 +17,7 @@ _llamactl() {
             ;;
         chat)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --json --load --max-tokens --min-p --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --verbose -c -n -ngl -s -t -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -49,7 +49,7 @@ _llamactl() {
             ;;
         list)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--help --json" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -84,14 +84,14 @@ _llamactl() {
             ;;
         rm)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--dry-run --help --json --yes -y" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
             ;;
         show)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--help --json" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -38,8 +38,34 @@ complete -c llamactl -n '__fish_seen_subcommand_from bench' -o r
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -o t
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -o ub
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -o v
-complete -c llamactl -f -n '__fish_use_subcommand' -a chat -d 'Chat with a model (REPL on a terminal, one-shot in a pipe). (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a chat -d 'Chat with a model. On a terminal: an interactive REPL (/help lists its commands). With a prompt, or with text piped in: print the answer and exit.'
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l chat-format
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l cpu-moe
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l dry-run
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l flash-attn
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l load
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l max-tokens
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l min-p
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l repeat-penalty
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l seed
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l system
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l system-file
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l temperature
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l threads
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l top-k
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l top-p
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l verbose
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o c
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o n
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o ngl
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o s
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o t
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o v
 complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a safetensors checkpoint to GGUF. (not built yet)'
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l help
 complete -c llamactl -f -n '__fish_use_subcommand' -a doctor -d 'Check this machine: versions, GPU, devices, disk, paths. (not built yet)'
@@ -56,8 +82,9 @@ complete -c llamactl -n '__fish_seen_subcommand_from revoke' -l help
 complete -c llamactl -f -n '__fish_seen_subcommand_from license; and not __fish_seen_subcommand_from accept list revoke show' -a show -d 'A license family\'s summary, links and acceptance record.'
 complete -c llamactl -n '__fish_seen_subcommand_from show' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from show' -l json
-complete -c llamactl -f -n '__fish_use_subcommand' -a list -d 'List the models on this machine. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a list -d 'List the models on this machine.'
 complete -c llamactl -n '__fish_seen_subcommand_from list' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from list' -l json
 complete -c llamactl -f -n '__fish_use_subcommand' -a models -d 'List the models llamactl knows (the catalog): aliases, sources, default quant, license.'
 complete -c llamactl -n '__fish_seen_subcommand_from models' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from models' -l json
@@ -72,8 +99,13 @@ complete -c llamactl -n '__fish_seen_subcommand_from pull' -l revision
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -o q
 complete -c llamactl -f -n '__fish_use_subcommand' -a quantize -d 'Quantize a GGUF model with llama.cpp. (not built yet)'
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l help
-complete -c llamactl -f -n '__fish_use_subcommand' -a rm -d 'Remove a model from this machine. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a rm -d 'Remove a model from this machine (plan, confirm, delete; Hub cache files another model uses are kept).'
+complete -c llamactl -n '__fish_seen_subcommand_from rm' -l dry-run
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -l help
-complete -c llamactl -f -n '__fish_use_subcommand' -a show -d 'Show a model\'s details, read from its GGUF header. (not built yet)'
+complete -c llamactl -n '__fish_seen_subcommand_from rm' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from rm' -l yes
+complete -c llamactl -n '__fish_seen_subcommand_from rm' -o y
+complete -c llamactl -f -n '__fish_use_subcommand' -a show -d 'Show a model\'s details, read from its GGUF header.'
 complete -c llamactl -n '__fish_seen_subcommand_from show' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from show' -l json
 # verbs: bench chat convert doctor license list models plan pull quantize rm show
