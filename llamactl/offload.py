@@ -1,0 +1,505 @@
+"""The memory plan: which layers go to the GPU, which MoE expert tensors stay in system
+RAM, and what context size fits. Pure data: it reads a GGUF header, looks at the devices
+(or takes --vram/--ram), and returns a Plan. Nothing is loaded, nothing printed.
+
+How llama.cpp places a model (what the plan mirrors, llama-cpp-python 0.3.36):
+- `n_gpu_layers = k` puts the last k repeating layers on the GPU; k = n_layer + 1 also puts
+  the output layer (output_norm, output) there. `token_embd` always stays on the CPU; a
+  model with tied embeddings gets a second copy of it on the GPU as its output layer.
+- Tensor overrides (`blk\\.N\\.ffn_(up|down|gate)_exps` -> CPU) keep the routed experts
+  of layer N in RAM while the rest of that layer sits on the GPU.
+- The KV cache of each layer lives with the layer (offload_kqv). n_ctx is rounded up to a
+  multiple of 256. K and V each take n_ctx * n_head_kv * head_dim elements of the cache
+  type per layer. Llama 4's chunked-attention layers keep a full-size cache too
+  (llama-cpp-python leaves llama.cpp's swa_full default on).
+- Compute buffers are estimated (the attention scores without flash attention, the
+  feed-forward activations, the logits of one micro-batch); they are labelled estimates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamactl.errors import InsufficientResources, UsageError
+from llamactl.fsutil import human_bytes
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+CTX_PAD = 256
+DEFAULT_CTX = 32768          # the largest context tried when the user gives none
+PARTIAL_CTX = 8192           # the context used when the model does not fit the GPU whole
+MIN_CTX = 512
+CUDA_OVERHEAD = 512 * MIB    # CUDA context, cuBLAS workspace: not reported by llama.cpp
+MARGIN_FRACTION = 0.02       # safety margin: 2% of the GPU's memory, at least 256 MiB
+MIN_MARGIN = 256 * MIB
+
+# bytes per element of the KV cache types: (block elements, block bytes)
+KV_TYPES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
+            "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
+# ggml type ids of those (for llama_cpp's type_k/type_v)
+KV_GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
+LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'80GiB' -> bytes (binary), '24GB' -> bytes (decimal), '512MiB', '1.5T', a plain
+    number of bytes. Raises UsageError on anything else."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"not a size: {text!r}", hint="use a size such as 80GiB, 24GB or 512MiB")
+    number, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit]
+    # "80GiB" and "80G" are binary (as llama.cpp and nvidia-smi count); "24GB" is decimal.
+    decimal = bool(unit) and not binary and str(text).strip().lower().endswith("b")
+    base = 1000 if decimal else 1024
+    return int(number * base**power)
+
+
+def expert_pattern(layers: list[int]) -> str:
+    """The llama.cpp tensor-override pattern that matches the routed experts of `layers`."""
+    alt = "|".join(str(i) for i in layers)
+    return rf"blk\.({alt})\.ffn_(up|down|gate)_exps"
+
+
+@dataclass
+class ModelShape:
+    """What the plan needs from a GGUF header."""
+    path: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: list[int]
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ff: int
+    n_ff_exp: int
+    n_expert: int
+    n_expert_used: int
+    context_length: int | None
+    tied: bool
+    swa_layers: set[int]
+    n_masks: int
+    layer_bytes: list[int]           # all tensors of each layer
+    expert_bytes: list[int]          # the routed-expert tensors of each layer
+    input_bytes: int                 # token_embd (always CPU)
+    output_bytes: int                # output_norm + output (with the output layer)
+    other_bytes: int                 # anything else (rope_freqs ...): with layer 0
+    tensor_bytes: int
+    output_copy_bytes: int           # tied models: the output layer's copy of token_embd
+
+    @property
+    def is_moe(self) -> bool:
+        return any(self.expert_bytes)
+
+    def kv_bytes_per_cell(self, layer: int, kv_type: str) -> int:
+        block, size = KV_TYPES[kv_type]
+        kv_heads = self.n_head_kv[layer]
+        k = kv_heads * self.head_dim_k
+        v = kv_heads * self.head_dim_v
+        return (k // block * size) + (v // block * size)
+
+
+def model_shape(info: Any) -> ModelShape:
+    """Reduce a GGUFInfo to what the planner needs."""
+    md = info.metadata
+    arch = info.architecture
+
+    def key(suffix: str, default: Any = None) -> Any:
+        return md.get(f"{arch}.{suffix}", default)
+
+    n_layer = int(info.block_count or 0)
+    n_embd = int(key("embedding_length", 0))
+    n_head_raw = key("attention.head_count", 1)
+    n_head = int(max(n_head_raw) if isinstance(n_head_raw, list) else n_head_raw)
+    kv_raw = key("attention.head_count_kv", n_head)
+    n_head_kv = [int(x) for x in kv_raw] if isinstance(kv_raw, list) else [int(kv_raw)] * n_layer
+    head_dim = n_embd // n_head if n_head else 0
+    head_dim_k = int(key("attention.key_length", head_dim))
+    head_dim_v = int(key("attention.value_length", head_dim))
+    n_vocab = int(info.vocab_size or 0)
+    n_ff_raw = key("feed_forward_length", 0)
+    n_ff = int(max(n_ff_raw) if isinstance(n_ff_raw, list) else n_ff_raw)
+    n_ff_exp = int(key("expert_feed_forward_length", 0) or 0)
+    n_expert = int(info.expert_count or 0)
+    n_expert_used = int(info.expert_used_count or 0)
+
+    swa_layers: set[int] = set()
+    n_masks = 1
+    if arch == "llama4":
+        window = key("attention.sliding_window")
+        if window is None or window != 0:
+            # llama.cpp: chunked attention (8192) on 3 of every 4 layers
+            swa_layers = {i for i in range(n_layer) if i % 4 < 3}
+            n_masks = 2
+
+    layer_bytes = [0] * n_layer
+    expert_bytes = [0] * n_layer
+    input_bytes = output_bytes = other_bytes = 0
+    has_output = False
+    for t in info.tensors:
+        m = LAYER_RE.match(t.name)
+        if m and int(m.group(1)) < n_layer:
+            i = int(m.group(1))
+            layer_bytes[i] += t.nbytes
+            if EXPERT_RE.match(t.name):
+                expert_bytes[i] += t.nbytes
+                if not n_ff_exp and len(t.shape) == 3:
+                    n_ff_exp = t.shape[1] if "down" not in t.name else t.shape[0]
+        elif t.name == "token_embd.weight":
+            input_bytes += t.nbytes
+        elif t.name in ("output.weight", "output_norm.weight", "output_norm.bias", "output.bias"):
+            output_bytes += t.nbytes
+            has_output = has_output or t.name == "output.weight"
+        else:
+            other_bytes += t.nbytes
+    tied = not has_output
+    return ModelShape(
+        path=str(info.paths[0]), architecture=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+        n_head_kv=n_head_kv, head_dim_k=head_dim_k, head_dim_v=head_dim_v, n_vocab=n_vocab,
+        n_ff=n_ff, n_ff_exp=n_ff_exp, n_expert=n_expert, n_expert_used=n_expert_used,
+        context_length=info.context_length, tied=tied, swa_layers=swa_layers, n_masks=n_masks,
+        layer_bytes=layer_bytes, expert_bytes=expert_bytes, input_bytes=input_bytes,
+        output_bytes=output_bytes, other_bytes=other_bytes, tensor_bytes=info.tensor_bytes,
+        output_copy_bytes=input_bytes if tied else 0,
+    )
+
+
+def padded_ctx(n_ctx: int) -> int:
+    return (n_ctx + CTX_PAD - 1) // CTX_PAD * CTX_PAD
+
+
+def kv_cache_bytes(shape: ModelShape, n_ctx: int, kv_type: str = "f16",
+                   layers: range | list[int] | None = None) -> int:
+    """The KV cache llama.cpp allocates for `layers` (all by default) at context n_ctx."""
+    cells = padded_ctx(n_ctx)
+    layers = range(shape.n_layer) if layers is None else layers
+    return sum(cells * shape.kv_bytes_per_cell(i, kv_type) for i in layers)
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> dict[str, int]:
+    """Estimated compute buffers of one micro-batch: 'graph' (the whole graph, on the device
+    holding the layers) and its parts."""
+    f32 = 4
+    n_kv = padded_ctx(n_ctx)
+    ub = n_ubatch
+    act = ub * shape.n_embd * f32
+    if flash_attn:
+        attn = ub * shape.n_head * shape.head_dim_v * f32 * 2
+        masks = shape.n_masks * n_kv * ub * 2
+    else:
+        attn = shape.n_head * n_kv * ub * f32
+        masks = shape.n_masks * n_kv * ub * f32
+    ff = max(shape.n_ff if not shape.is_moe or shape.n_ff else 0,
+             shape.n_ff_exp * max(shape.n_expert_used, 1) + (shape.n_ff_exp if shape.is_moe else 0))
+    ffn = ub * ff * f32 * 3 + ub * shape.n_expert * f32
+    logits = ub * shape.n_vocab * f32
+    graph = max(attn + 3 * act, ffn + 2 * act, logits + act) + masks
+    return {"graph": graph, "attention": attn, "ffn": ffn, "logits": logits, "masks": masks}
+
+
+@dataclass
+class Plan:
+    n_gpu_layers: int
+    n_ctx: int
+    cpu_tensor_patterns: list[str]
+    warnings: list[str]
+    model: str = ""
+    architecture: str = ""
+    n_layers: int = 0
+    cpu_moe: int = 0                     # experts of layers 0..cpu_moe-1 kept in RAM
+    strategy: str = ""                   # full-gpu | experts-to-cpu | partial-layers | cpu-only
+    fits: bool = True
+    kv_type: str = "f16"
+    flash_attn: bool = False
+    n_batch: int = 512
+    n_ubatch: int = 512
+    ctx_requested: int | None = None
+    vram: int = 0                        # the GPU memory planned for (free, or --vram)
+    ram: int = 0                         # the system RAM planned for (available, or --ram)
+    margin: int = 0
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    devices_source: str = "none"
+    gpu: dict[str, int] = field(default_factory=dict)   # weights, output_copy, kv_cache, compute, overhead, total
+    cpu: dict[str, int] = field(default_factory=dict)   # weights, kv_cache, compute, total
+    weights_total: int = 0               # == the GGUF's tensor data size
+    expert_layers_on_cpu: list[int] = field(default_factory=list)
+    layers_on_gpu: list[int] = field(default_factory=list)
+    output_on_gpu: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "architecture": self.architecture, "n_layers": self.n_layers,
+            "fits": self.fits, "strategy": self.strategy,
+            "n_gpu_layers": self.n_gpu_layers, "n_ctx": self.n_ctx, "ctx_requested": self.ctx_requested,
+            "cpu_moe": self.cpu_moe, "cpu_tensor_patterns": list(self.cpu_tensor_patterns),
+            "expert_layers_on_cpu": list(self.expert_layers_on_cpu),
+            "layers_on_gpu": len(self.layers_on_gpu), "output_on_gpu": self.output_on_gpu,
+            "kv_type": self.kv_type, "flash_attn": self.flash_attn,
+            "n_batch": self.n_batch, "n_ubatch": self.n_ubatch,
+            "vram": self.vram, "ram": self.ram, "margin": self.margin,
+            "devices_source": self.devices_source, "gpus": list(self.gpus),
+            "gpu": dict(self.gpu), "cpu": dict(self.cpu),
+            "weights_total": self.weights_total, "warnings": list(self.warnings),
+            "estimates": "weights and KV cache are exact; compute buffers and overheads are estimates",
+        }
+
+    def summary(self) -> str:
+        return (f"{self.n_gpu_layers}/{self.n_layers + 1} layers on GPU, ctx {self.n_ctx}, "
+                f"experts of {len(self.expert_layers_on_cpu)} layers in RAM, "
+                f"GPU {human_bytes(self.gpu.get('total', 0))}, RAM {human_bytes(self.cpu.get('total', 0))}")
+
+
+def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, flash_attn: bool,
+           n_ubatch: int, has_gpu: bool) -> dict[str, Any]:
+    """Bytes on each device for one placement."""
+    L = shape.n_layer
+    ngl = max(0, min(ngl, L + 1)) if has_gpu else 0
+    first_gpu = L - min(ngl, L)
+    gpu_layers = list(range(first_gpu, L)) if ngl else []
+    output_gpu = ngl >= L + 1
+    moe_cpu = [i for i in range(min(cpu_moe, L)) if shape.expert_bytes[i]]
+    g_w = c_w = 0
+    for i in range(L):
+        on_gpu = i >= first_gpu and ngl > 0
+        if on_gpu:
+            experts_cpu = shape.expert_bytes[i] if i < cpu_moe else 0
+            g_w += shape.layer_bytes[i] - experts_cpu
+            c_w += experts_cpu
+        else:
+            c_w += shape.layer_bytes[i]
+    c_w += shape.input_bytes
+    if output_gpu:
+        g_w += shape.output_bytes
+    else:
+        c_w += shape.output_bytes
+    # small tensors outside the layers (rope_freqs) go with layer 0's device
+    if gpu_layers and first_gpu == 0:
+        g_w += shape.other_bytes
+    else:
+        c_w += shape.other_bytes
+    output_copy = shape.output_copy_bytes if output_gpu else 0
+    kv_gpu = kv_cache_bytes(shape, n_ctx, kv_type, gpu_layers)
+    kv_cpu = kv_cache_bytes(shape, n_ctx, kv_type, [i for i in range(L) if i not in set(gpu_layers)])
+    comp = compute_bytes(shape, n_ctx, n_ubatch, flash_attn)
+    act = n_ubatch * shape.n_embd * 4
+    if ngl:
+        g_comp = comp["graph"]
+        if ngl == L + 1 and not moe_cpu:
+            c_comp = 2 * act
+        elif ngl == L + 1:
+            c_comp = comp["ffn"] + 2 * act
+        else:
+            c_comp = max(comp["graph"] if ngl < L else comp["logits"] + act, comp["ffn"] + 2 * act)
+        overhead = CUDA_OVERHEAD
+    else:
+        g_comp = 0
+        c_comp = comp["graph"]
+        overhead = 0
+    out_buf = shape.n_vocab * 4  # logits of one output (host)
+    gpu = {"weights": g_w, "output_copy": output_copy, "kv_cache": kv_gpu, "compute": g_comp,
+           "overhead": overhead}
+    gpu["total"] = sum(gpu.values())
+    cpu = {"weights": c_w, "kv_cache": kv_cpu, "compute": c_comp + out_buf}
+    cpu["total"] = sum(cpu.values())
+    return {"gpu": gpu, "cpu": cpu, "ngl": ngl, "gpu_layers": gpu_layers, "output_gpu": output_gpu,
+            "moe_cpu": moe_cpu, "weights_total": g_w + c_w}
+
+
+def _candidates(shape: ModelShape, gpu_layers: int | None, cpu_moe: int | None) -> list[tuple[int, int, str]]:
+    """(ngl, cpu_moe, strategy) from the most GPU to the least: GPU use falls along it."""
+    L = shape.n_layer
+    full = L + 1
+    out: list[tuple[int, int, str]] = []
+    if gpu_layers is not None and cpu_moe is not None:
+        return [(gpu_layers, cpu_moe, "manual")]
+    if gpu_layers is not None:
+        if shape.is_moe:
+            return [(gpu_layers, k, "manual" if k == 0 else "experts-to-cpu") for k in range(0, L + 1)]
+        return [(gpu_layers, 0, "manual")]
+    if cpu_moe is not None:
+        return [(n, cpu_moe, "manual" if n == full else "partial-layers") for n in range(full, -1, -1)]
+    out.append((full, 0, "full-gpu"))
+    if shape.is_moe:
+        for k in range(1, L + 1):
+            if shape.expert_bytes[k - 1]:
+                out.append((full, k, "experts-to-cpu"))
+        moe_all = L
+    else:
+        moe_all = 0
+    for n in range(L, -1, -1):
+        out.append((n, moe_all, "partial-layers" if n else "cpu-only"))
+    return out
+
+
+def _ctx_limit(shape: ModelShape, cap: int) -> int:
+    trained = shape.context_length or cap
+    return min(trained, cap)
+
+
+def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int | None = None,
+         kv_type: str = "f16", flash_attn: bool = False, n_batch: int = 512, n_ubatch: int = 512,
+         gpu_layers: int | None = None, cpu_moe: int | None = None, devices: Any = None,
+         margin: int | None = None) -> Plan:
+    """The plan for a GGUFInfo. `vram`/`ram` (bytes) replace detection; `devices` (a
+    devices.Devices) replaces probing. Raises InsufficientResources (exit 8) when even the
+    smallest plan does not fit in VRAM + RAM; the refused plan is on the exception as `.plan`."""
+    kv_type = kv_type.lower()
+    if kv_type not in KV_TYPES:
+        raise UsageError(f"unknown KV cache type {kv_type!r}", hint=f"use one of: {', '.join(KV_TYPES)}")
+    if KV_TYPES[kv_type][0] > 1 and not flash_attn:
+        raise UsageError(f"a quantized KV cache ({kv_type}) needs flash attention",
+                         hint="add --flash-attn, or use --kv-type f16")
+    if ctx is not None and ctx < 1:
+        raise UsageError("the context size must be at least 1")
+    if gpu_layers is not None and gpu_layers < 0:
+        gpu_layers = None if gpu_layers == -1 else gpu_layers
+    n_ubatch = max(1, min(n_ubatch, n_batch))
+    shape = model_shape(info)
+    if shape.n_layer <= 0:
+        raise UsageError(f"{shape.path}: no block_count in its header; cannot plan a model of "
+                         f"architecture {shape.architecture!r}")
+    warnings: list[str] = []
+
+    gpus: list[dict[str, Any]] = []
+    source = "none"
+    if vram is None or ram is None:
+        if devices is None:
+            from llamactl import devices as devmod
+
+            devices = devmod.detect(use_ggml=vram is None)
+    if vram is None:
+        vram = devices.vram_free
+        gpus = [g.to_dict() for g in devices.gpus]
+        source = devices.gpu_source
+        if len(devices.gpus) > 1:
+            warnings.append(f"{len(devices.gpus)} GPUs: planned as one pool of "
+                            f"{human_bytes(vram)}; llama.cpp splits layers across them (--split-mode layer)")
+    else:
+        source = "--vram"
+    if ram is None:
+        ram = devices.ram.available if devices is not None and devices.ram else 0
+        ram_source = "detected"
+    else:
+        ram_source = "--ram"
+    has_gpu = vram > 0
+    if margin is None:
+        margin = max(MIN_MARGIN, int(vram * MARGIN_FRACTION)) if has_gpu else 0
+    budget = max(0, vram - margin)
+
+    def fits_gpu(u: dict[str, Any]) -> bool:
+        return u["ngl"] == 0 or u["gpu"]["total"] <= budget
+
+    def fits_cpu(u: dict[str, Any]) -> bool:
+        return u["cpu"]["total"] <= ram
+
+    def choose(n_ctx: int) -> tuple[dict[str, Any], str, int] | None:
+        """The first candidate that fits the GPU (None if none does)."""
+        for ngl, k, strategy in _candidates(shape, gpu_layers, cpu_moe):
+            u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
+            if not has_gpu:
+                return u, "cpu-only", 0
+            if fits_gpu(u):
+                return u, strategy, k
+        return None
+
+    chosen = None
+    if ctx is not None:
+        n_ctx = ctx
+        chosen = choose(n_ctx)
+        ctx_list = [n_ctx]
+    else:
+        # no context asked: prefer the whole model on the GPU at a smaller context, down to
+        # PARTIAL_CTX; otherwise PARTIAL_CTX with part of the model in RAM, and smaller
+        # contexts only when even that does not fit.
+        top = _ctx_limit(shape, DEFAULT_CTX)
+        ctx_list = []
+        c = top
+        while c >= MIN_CTX:
+            ctx_list.append(c)
+            c //= 2
+        partial_ctx = _ctx_limit(shape, PARTIAL_CTX)
+        if has_gpu and gpu_layers is None and cpu_moe is None:
+            for c in ctx_list:
+                if c < partial_ctx:
+                    break
+                u = _usage(shape, shape.n_layer + 1, 0, c, kv_type, flash_attn, n_ubatch, True)
+                if fits_gpu(u) and fits_cpu(u):
+                    chosen, n_ctx = (u, "full-gpu", 0), c
+                    break
+        if chosen is None:
+            ctx_list = [c for c in ctx_list if c <= partial_ctx] or [partial_ctx]
+            for c in ctx_list:
+                n_ctx = c
+                chosen = choose(c)
+                if chosen is not None and fits_cpu(chosen[0]):
+                    break
+    manual = gpu_layers is not None or cpu_moe is not None
+    fits = chosen is not None and fits_cpu(chosen[0])
+    if chosen is None:
+        # nothing fits the GPU (manual settings): report the least-GPU candidate
+        ngl, k, strategy = _candidates(shape, gpu_layers, cpu_moe)[-1]
+        u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
+        chosen = (u, strategy, k)
+    u, strategy, k = chosen
+    if ctx is None and n_ctx < _ctx_limit(shape, DEFAULT_CTX) and fits and has_gpu:
+        warnings.append(f"context set to {n_ctx} tokens to fit memory (ask for more with --ctx)")
+    if shape.context_length and n_ctx > shape.context_length:
+        warnings.append(f"context {n_ctx} is beyond the model's trained {shape.context_length} tokens")
+    if not has_gpu:
+        warnings.append("no GPU memory to plan for: everything runs on the CPU "
+                        "(give --vram SIZE to plan for a GPU)")
+    if shape.swa_layers:
+        warnings.append("Llama 4 chunked attention: llama.cpp keeps a full-size KV cache on every layer")
+    if (gpu_layers is not None or cpu_moe is not None) and has_gpu and not fits_gpu(u):
+        warnings.append(f"the requested placement needs {human_bytes(u['gpu']['total'])} of GPU memory, "
+                        f"{human_bytes(budget)} available")
+
+    moe_cpu_layers = u["moe_cpu"]
+    patterns = [expert_pattern(moe_cpu_layers)] if moe_cpu_layers and u["ngl"] > 0 else []
+    result = Plan(
+        n_gpu_layers=u["ngl"], n_ctx=n_ctx, cpu_tensor_patterns=patterns,
+        warnings=warnings, model=shape.path, architecture=shape.architecture, n_layers=shape.n_layer,
+        cpu_moe=k if moe_cpu_layers else 0, strategy=strategy if has_gpu else "cpu-only", fits=fits,
+        kv_type=kv_type, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=n_ubatch, ctx_requested=ctx,
+        vram=vram, ram=ram, margin=margin, gpus=gpus, devices_source=source,
+        gpu=u["gpu"] if has_gpu else {key: 0 for key in u["gpu"]}, cpu=u["cpu"],
+        weights_total=u["weights_total"], expert_layers_on_cpu=moe_cpu_layers,
+        layers_on_gpu=u["gpu_layers"], output_on_gpu=u["output_gpu"],
+    )
+    if not fits and not (manual and fits_cpu(u)):
+        need_gpu = result.gpu.get("total", 0)
+        need_cpu = result.cpu.get("total", 0)
+        exc = InsufficientResources(
+            f"{Path(shape.path).name} does not fit: even the smallest plan (ctx {n_ctx}, "
+            f"{result.n_gpu_layers} layers on GPU) needs {human_bytes(need_gpu)} of GPU memory and "
+            f"{human_bytes(need_cpu)} of RAM; this machine has {human_bytes(budget)} GPU "
+            f"(after a {human_bytes(margin)} margin) and {human_bytes(ram)} RAM ({ram_source})",
+            hint="use a smaller quantization (llamactl pull MODEL:q4_k_m) or a smaller --ctx, "
+                 "or plan for another machine with --vram/--ram",
+        )
+        exc.plan = result  # type: ignore[attr-defined]
+        raise exc
+    return result
+
+
+def plan_for_model(gguf_path: Path | str, *, ctx: int | None = None, vram: int | None = None,
+                   ram: int | None = None, kv_type: str = "f16", flash_attn: bool = False,
+                   n_batch: int = 512, n_ubatch: int = 512, gpu_layers: int | None = None,
+                   cpu_moe: int | None = None, devices: Any = None) -> Plan:
+    """Read the GGUF header at `gguf_path` (first part of a split model) and plan."""
+    from llamactl.gguf_info import read_gguf
+
+    info = read_gguf(gguf_path)
+    return plan(info, ctx=ctx, vram=vram, ram=ram, kv_type=kv_type, flash_attn=flash_attn,
+                n_batch=n_batch, n_ubatch=n_ubatch, gpu_layers=gpu_layers, cpu_moe=cpu_moe,
+                devices=devices)
