@@ -1,0 +1,101 @@
+"""safetensors checkpoints -> GGUF, one module per architecture family.
+
+`convert_checkpoint` reads config.json, picks the converter for its `model_type`, and
+writes the GGUF atomically. Architecture modules expose
+`convert(ckpt, out_path, outtype, progress, **options) -> dict` and build on
+llamactl.convert.common. A module listed in ARCHITECTURES that is not installed yet makes
+its model_type unsupported (exit 1, naming what is supported)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llamactl.errors import LlamactlError
+
+# config.json model_type -> (module in llamactl.convert, description)
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "llama": ("llama", "Llama 3.x (3.0, 3.1, 3.2, 3.3)"),
+    "llama4": ("llama4", "Llama 4 (Scout, Maverick)"),
+}
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    architecture: str            # the GGUF architecture written ("llama" ...)
+    model_type: str              # config.json's model_type
+    outtype: str                 # "f32" | "f16" | "bf16"
+    source_dtype: str            # "F32" | "F16" | "BF16"
+    n_tensors: int
+    n_params: int
+    bytes: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _available(model_type: str) -> bool:
+    entry = ARCHITECTURES.get(model_type)
+    if entry is None:
+        return False
+    return importlib.util.find_spec(f"llamactl.convert.{entry[0]}") is not None
+
+
+def supported_model_types() -> list[str]:
+    return [m for m in ARCHITECTURES if _available(m)]
+
+
+def _unsupported(model_type: str) -> LlamactlError:
+    supported = ", ".join(f"{m} ({ARCHITECTURES[m][1]})" for m in supported_model_types())
+    what = f"model_type {model_type!r}" if model_type else "a config.json without model_type"
+    return LlamactlError(f"cannot convert {what}: supported architectures are {supported}",
+                         hint="convert a checkpoint of a supported architecture, or pull a ready GGUF")
+
+
+def convert_checkpoint(src_dir: Path, out_path: Path, outtype: str | None = None,
+                       progress: Callable[[str, int, int], None] | None = None,
+                       **options: Any) -> ConvertResult:
+    """Convert the Hugging Face checkpoint in `src_dir` to a GGUF at `out_path`.
+
+    `outtype`: "f32", "f16" or "bf16" (default: bf16 for a bf16 source, else f16).
+    `progress(tensor_name, bytes_done, bytes_total)` is called after each tensor.
+    `options` go to the architecture's converter (`name=` sets general.name).
+    Everything is checked (config, shard headers and sizes, tensor shapes, tokenizer)
+    before the output is opened; the output is written to a temporary file and renamed on
+    success, so a failure or Ctrl-C leaves nothing at `out_path`."""
+    from llamactl.convert import common
+
+    src_dir = Path(src_dir)
+    out_path = Path(out_path)
+    config = common.read_config(src_dir)
+    model_type = str(config.get("model_type", ""))
+    if not _available(model_type):
+        raise _unsupported(model_type)
+    if out_path.exists() and out_path.is_dir():
+        raise LlamactlError(f"output path is a folder: {out_path}", hint="pass a file name ending in .gguf")
+    module = importlib.import_module(f"llamactl.convert.{ARCHITECTURES[model_type][0]}")
+    ckpt = common.open_checkpoint(src_dir, config)
+    chosen = common.check_outtype(outtype, ckpt)
+    start = time.monotonic()
+    info = module.convert(ckpt, out_path, chosen, progress, **options)
+    return ConvertResult(
+        path=out_path,
+        architecture=info.pop("architecture"),
+        model_type=model_type,
+        outtype=chosen,
+        source_dtype=ckpt.source_dtype(),
+        n_tensors=info.pop("n_tensors"),
+        n_params=info.pop("n_params"),
+        bytes=info.pop("bytes"),
+        seconds=time.monotonic() - start,
+        details=info,
+    )

@@ -1,0 +1,327 @@
+"""GGUF -> quantized GGUF through the installed llama.cpp (`llama_model_quantize`).
+
+Checks come first, before any work: the type is known, the low-bit IQ types have an
+importance matrix, an already-quantized source needs `allow_requantize`, the disk has room.
+The output is written by llama.cpp to a temporary file beside the target and renamed on
+success; a failure or Ctrl-C deletes it. Split inputs (`-00001-of-0000N.gguf`) are read
+through their first part; the output is one file."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llamactl.errors import IntegrityError, LlamactlError, NotFound, UsageError
+
+# name -> (llama_ftype, nominal bits per weight of the main type, description)
+QUANT_TYPES: dict[str, tuple[int, float, str]] = {
+    "F32": (0, 32.0, "32-bit float, no quantization"),
+    "F16": (1, 16.0, "16-bit float"),
+    "BF16": (32, 16.0, "bfloat16"),
+    "Q8_0": (7, 8.5, "8-bit, nearly lossless"),
+    "Q6_K": (18, 6.5625, "6-bit K-quant"),
+    "Q5_K_M": (17, 5.5, "5-bit K-quant mix (medium)"),
+    "Q5_K_S": (16, 5.5, "5-bit K-quant (small)"),
+    "Q5_0": (8, 5.5, "5-bit legacy"),
+    "Q5_1": (9, 6.0, "5-bit legacy with offsets"),
+    "Q4_K_M": (15, 4.5, "4-bit K-quant mix (medium): the usual choice"),
+    "Q4_K_S": (14, 4.5, "4-bit K-quant (small)"),
+    "Q4_0": (2, 4.5, "4-bit legacy"),
+    "Q4_1": (3, 5.0, "4-bit legacy with offsets"),
+    "IQ4_XS": (30, 4.25, "4-bit non-linear, 4.25 bpw"),
+    "IQ4_NL": (25, 4.5, "4-bit non-linear, 4.5 bpw"),
+    "Q3_K_L": (13, 3.4375, "3-bit K-quant mix (large)"),
+    "Q3_K_M": (12, 3.4375, "3-bit K-quant mix (medium)"),
+    "Q3_K_S": (11, 3.4375, "3-bit K-quant (small)"),
+    "IQ3_M": (27, 3.4375, "3-bit non-linear mix"),
+    "IQ3_S": (26, 3.4375, "3-bit non-linear, 3.44 bpw"),
+    "IQ3_XS": (22, 3.3, "3-bit non-linear, 3.3 bpw"),
+    "IQ3_XXS": (23, 3.0625, "3-bit non-linear, 3.06 bpw (needs an imatrix)"),
+    "Q2_K": (10, 2.625, "2-bit K-quant mix"),
+    "Q2_K_S": (21, 2.625, "2-bit K-quant (small; needs an imatrix)"),
+    "IQ2_M": (29, 2.5625, "2-bit non-linear mix (needs an imatrix)"),
+    "IQ2_S": (28, 2.5625, "2-bit non-linear, 2.5 bpw (needs an imatrix)"),
+    "IQ2_XS": (20, 2.3125, "2-bit non-linear, 2.31 bpw (needs an imatrix)"),
+    "IQ2_XXS": (19, 2.0625, "2-bit non-linear, 2.06 bpw (needs an imatrix)"),
+    "IQ1_M": (31, 1.75, "1-bit non-linear, 1.75 bpw (needs an imatrix)"),
+    "IQ1_S": (24, 1.5625, "1-bit non-linear, 1.56 bpw (needs an imatrix)"),
+}
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
+NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"}
+_FLOAT_TYPES = {"F32", "F16", "BF16"}
+
+
+@dataclass
+class QuantizeResult:
+    path: Path | None            # None for a dry run
+    qtype: str
+    source: Path
+    source_bytes: int
+    bytes: int                   # written (or, for a dry run, llama.cpp's estimate)
+    n_params: int
+    bits_per_weight: float       # over all tensor bytes of the output
+    seconds: float
+    requantized: bool
+    imatrix: str | None
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        d["source"] = str(self.source)
+        return d
+
+
+def normalize_type(qtype: str) -> str:
+    """Case-insensitive type name -> canonical name; UsageError (exit 2) if unknown."""
+    name = qtype.strip().upper().replace("-", "_")
+    name = ALIASES.get(name, name)
+    if name not in QUANT_TYPES:
+        raise UsageError(f"unknown quantization type {qtype!r}",
+                         hint="choose one of: " + ", ".join(QUANT_TYPES))
+    return name
+
+
+def default_output(src: Path, qtype: str) -> Path:
+    """model-f16.gguf + Q4_K_M -> model-Q4_K_M.gguf (a float-type suffix is replaced);
+    split inputs drop the -00001-of-0000N part."""
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", src.stem)
+    stem = re.sub(r"[-.](f32|f16|bf16|F32|F16|BF16)$", "", stem)
+    return src.with_name(f"{stem}-{qtype}.gguf")
+
+
+# --------------------------------------------------------------------------- imatrix
+
+def load_imatrix(path: Path) -> dict[str, list[float] | Any]:
+    """Read an importance matrix: llama.cpp's GGUF format (`NAME.in_sum2` + `NAME.counts`
+    tensors) or its legacy binary format (.dat). Returns tensor name -> float32 values
+    (mean squared activations), the form llama_model_quantize takes."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"imatrix file not found: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        import gguf
+
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except Exception as exc:
+            raise IntegrityError(f"{path.name} is not a readable imatrix GGUF: {exc}") from exc
+        tensors = {t.name: t for t in reader.tensors}
+        out: dict[str, Any] = {}
+        for name, t in tensors.items():
+            if not name.endswith(".in_sum2"):
+                continue
+            base = name[: -len(".in_sum2")]
+            counts_t = tensors.get(base + ".counts")
+            if counts_t is None:
+                raise IntegrityError(f"{path.name}: {base} has sums but no counts")
+            sums = np.asarray(t.data, dtype=np.float32).reshape(-1)
+            counts = np.asarray(counts_t.data, dtype=np.float32).reshape(-1)
+            ne0 = sums.size // max(1, counts.size)
+            values = np.ones_like(sums)
+            for j, c in enumerate(counts):
+                if c > 0:
+                    values[j * ne0:(j + 1) * ne0] = sums[j * ne0:(j + 1) * ne0] / c
+            out[base] = values
+        if not out:
+            raise IntegrityError(f"{path.name} holds no importance-matrix entries")
+        return out
+    # legacy: int32 count, then per entry: int32 name length, name, int32 ncall, int32 nval, floats
+    data = path.read_bytes()
+    try:
+        pos = 0
+        (n,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        if n <= 0 or n > 1_000_000:
+            raise ValueError("bad entry count")
+        out = {}
+        for _ in range(n):
+            (ln,) = struct.unpack_from("<i", data, pos)
+            pos += 4
+            name = data[pos:pos + ln].decode("utf-8")
+            pos += ln
+            ncall, nval = struct.unpack_from("<ii", data, pos)
+            pos += 8
+            if nval <= 0 or pos + 4 * nval > len(data):
+                raise ValueError("truncated entry")
+            values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+            pos += 4 * nval
+            out[name] = values / ncall if ncall > 0 else values
+        return out
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path.name} is not an imatrix file (GGUF or legacy .dat): {exc}",
+                             hint="use the *.imatrix / imatrix.dat file published beside the GGUF quants") from exc
+
+
+def _imatrix_array(values: dict[str, Any]):
+    """A NULL-terminated llama_model_imatrix_data array, and the objects it points into
+    (keep them alive until quantizing ends)."""
+    import llama_cpp
+    import numpy as np
+
+    keep: list[Any] = []
+    arr = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
+    for i, (name, vals) in enumerate(values.items()):
+        name_b = ctypes.create_string_buffer(name.encode())
+        buf = np.ascontiguousarray(vals, dtype=np.float32)
+        keep += [name_b, buf]
+        arr[i].name = ctypes.cast(name_b, ctypes.c_char_p)
+        arr[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = buf.size
+    arr[len(values)].name = None
+    keep.append(arr)
+    return arr, keep
+
+
+# ----------------------------------------------------------------------- quantizing
+
+class _LogCapture:
+    """llama.cpp's log, kept in memory while quantizing (never printed)."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.lines: list[str] = []
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
+            if text:
+                self.lines.append(text.decode("utf-8", "replace"))
+
+        self._callback = callback
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def failure(self) -> str | None:
+        for line in self.lines:
+            m = re.search(r"failed to quantize: (.*)", line)
+            if m:
+                return m.group(1).strip()
+        return None
+
+
+_KEEP_CALLBACKS: list[Any] = []   # llama.cpp may still hold the last callback
+
+
+def _run_in_thread(fn: Callable[[], int]) -> int:
+    """Run a long C call in a thread so that Ctrl-C reaches the main thread."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["rc"] = fn()
+        except BaseException as exc:  # pragma: no cover - ctypes rarely raises
+            result["exc"] = exc
+
+    worker = threading.Thread(target=target, name="llamactl-quantize", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "exc" in result:
+        raise result["exc"]
+    return int(result["rc"])
+
+
+def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | None = None,
+                  allow_requantize: bool = False, threads: int | None = None,
+                  leave_output_tensor: bool = False, pure: bool = False,
+                  dry_run: bool = False) -> QuantizeResult:
+    """Quantize `src` (a GGUF; for a split model its first part) to `qtype` at `out`
+    (default: beside `src`, named for the type). `dry_run` writes nothing and returns
+    llama.cpp's size estimate in `bytes`."""
+    import llama_cpp
+
+    from llamactl.fsutil import atomic_path, check_free_space
+    from llamactl.gguf_info import read_gguf
+
+    name = normalize_type(qtype)
+    ftype, bpw, _ = QUANT_TYPES[name]
+    if name in NEEDS_IMATRIX and imatrix is None:
+        raise UsageError(f"{name} needs an importance matrix: llama.cpp refuses it without one",
+                         hint="pass --imatrix FILE (the imatrix published beside the GGUF quants), "
+                              "or choose Q4_K_M / IQ4_XS")
+    src = Path(src)
+    info = read_gguf(src)          # NotFound / IntegrityError for missing or corrupt input
+    quantized = sorted({t.type_name for t in info.tensors
+                        if len(t.shape) >= 2 and t.type_name not in _FLOAT_TYPES})
+    if quantized and not allow_requantize:
+        raise LlamactlError(
+            f"{src.name} is already quantized ({', '.join(quantized)}); requantizing stacks a second "
+            "rounding error on the first and loses more quality than quantizing from F16/BF16",
+            hint="quantize the full-precision GGUF instead, or pass --allow-requantize to do it anyway")
+    imatrix_values = load_imatrix(imatrix) if imatrix is not None else None
+    out = Path(out) if out is not None else default_output(src, name)
+    if not dry_run:
+        if out.resolve() in {p.resolve() for p in info.paths}:
+            raise UsageError("the output would overwrite the input", hint="choose another -o OUT.gguf")
+        if out.exists() and out.is_dir():
+            raise UsageError(f"output path is a folder: {out}", hint="pass a file name ending in .gguf")
+        estimate = int(info.n_params * bpw / 8 * 1.15) + 16 * 1024 * 1024
+        check_free_space(out.parent if out.parent.exists() else Path.cwd(), min(estimate, info.tensor_bytes * 2),
+                         f"the quantized model {out.name}")
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = int(threads or 0)
+    params.allow_requantize = bool(allow_requantize)
+    params.quantize_output_tensor = not leave_output_tensor
+    params.pure = bool(pure)
+    params.keep_split = False
+    params.dry_run = bool(dry_run)
+    keep: list[Any] = []
+    if imatrix_values is not None:
+        arr, keep = _imatrix_array(imatrix_values)
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+    log = _LogCapture()
+    _KEEP_CALLBACKS.append(log._callback)
+    del _KEEP_CALLBACKS[:-1]
+    start = time.monotonic()
+    src_b = str(info.paths[0]).encode()
+
+    def run(target: Path) -> None:
+        rc = _run_in_thread(lambda: llama_cpp.llama_model_quantize(src_b, str(target).encode(),
+                                                                   ctypes.byref(params)))
+        if rc != 0:
+            reason = log.failure() or "llama.cpp could not quantize this model"
+            raise LlamactlError(f"quantizing {src.name} to {name} failed: {reason}",
+                                hint="run with LLAMACTL_DEBUG=1 for llama.cpp's log" if not reason else None)
+
+    if dry_run:
+        run(out.with_name(f".{out.name}.dry-run"))
+        m = re.findall(r"quant size\s*=\s*([\d.]+) MiB", log.text())
+        size = int(float(m[-1]) * 1024 * 1024) if m else 0
+        return QuantizeResult(None, name, src, sum(p.stat().st_size for p in info.paths), size,
+                              info.n_params, size * 8 / max(1, info.n_params), time.monotonic() - start,
+                              bool(quantized), str(imatrix) if imatrix else None, dry_run=True)
+
+    with atomic_path(out) as tmp:
+        run(tmp)
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise LlamactlError(f"quantizing {src.name} produced no output")
+    del keep
+    result_info = read_gguf(out)
+    return QuantizeResult(
+        path=out,
+        qtype=name,
+        source=src,
+        source_bytes=sum(p.stat().st_size for p in info.paths),
+        bytes=out.stat().st_size,
+        n_params=result_info.n_params,
+        bits_per_weight=result_info.tensor_bytes * 8 / max(1, result_info.n_params),
+        seconds=time.monotonic() - start,
+        requantized=bool(quantized),
+        imatrix=str(imatrix) if imatrix else None,
+    )
