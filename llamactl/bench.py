@@ -284,7 +284,8 @@ class BenchRow:
     backend: str | None = None
     gpu_layers: int | str | None = None
     gpu_layers_requested: int | str | None = None
-    threads: int | None = None
+    threads: int | None = None            # threads generating
+    threads_batch: int | None = None      # threads evaluating prompts
     n_batch: int | None = None
     n_ubatch: int | None = None
     n_ctx: int | None = None
@@ -446,6 +447,22 @@ def _ram_bytes() -> int | None:
         return None
 
 
+def _ggml_build() -> tuple[str | None, str | None]:
+    """ggml's version and the commit llama.cpp was built from (`ggml_version`/`ggml_commit`)."""
+    out: list[str | None] = []
+    for name in ("ggml_version", "ggml_commit"):
+        try:
+            import ctypes
+
+            fn = getattr(_ggml(), name)
+            fn.restype = ctypes.c_char_p
+            fn.argtypes = []
+            out.append((fn() or b"").decode(errors="replace") or None)
+        except Exception:
+            out.append(None)
+    return out[0], out[1]
+
+
 def machine_info() -> dict[str, Any]:
     """What a result must be read with: CPU, cores, RAM, GPUs, llama.cpp's build and
     system info, llamactl's version."""
@@ -475,7 +492,9 @@ def machine_info() -> dict[str, Any]:
     except Exception as exc:  # a broken build still gets a machine record
         info["llama_cpp_system_info"] = f"unavailable: {exc}"
         info["gpu_offload_supported"] = False
-    info["llama_cpp_build"] = f"vendored by llama-cpp-python {info['llama_cpp_python_version']}"
+    info["ggml_version"], info["ggml_commit"] = _ggml_build()
+    info["llama_cpp_build"] = (f"ggml {info['ggml_version']} ({info['ggml_commit']}), vendored by "
+                               f"llama-cpp-python {info['llama_cpp_python_version']}")
     info["gpus"] = [{"name": d["name"], "description": d["description"],
                      "memory_total_bytes": d["total_bytes"]}
                     for d in devices() if d["kind"] in ("gpu", "igpu")]
@@ -513,6 +532,10 @@ def measure_once(engine: Any, test: TestSpec, rng: random.Random) -> Sample:
     stats = _drain(engine.stream_tokens(prefix + prompt, sampling, ignore_eos=True,
                                         reuse_cache=bool(prefix)))
     seconds = time.perf_counter() - t0
+    evaluated = getattr(stats, "prompt_tokens_evaluated", len(prompt))
+    if evaluated != len(prompt):
+        raise LlamactlError(f"{test.name}: the engine evaluated {evaluated} prompt tokens "
+                            f"instead of {len(prompt)} (the depth prefix was not reused)")
     ttft = getattr(stats, "ttft_seconds", None)
     if test.n_gen and getattr(stats, "completion_tokens", test.n_gen) != test.n_gen:
         raise LlamactlError(f"{test.name}: the engine generated {stats.completion_tokens} tokens "
@@ -627,8 +650,10 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
                 ngl = plan.n_gpu_layers if plan is not None else (
                     params.gpu_layers if isinstance(params.gpu_layers, int) else 0)
                 threads = getattr(engine.llama, "n_threads", None) or params.threads
+                threads_batch = getattr(engine.llama, "n_threads_batch", None) or threads
                 common = dict(base, model_type=desc, model_size=size, model_params=n_params,
                               backend=_backend(ngl), gpu_layers=ngl, threads=threads,
+                              threads_batch=threads_batch,
                               n_ctx=getattr(engine, "n_ctx", n_ctx),
                               load_seconds=getattr(engine, "load_seconds", None))
                 rng = random.Random(seed)
@@ -639,7 +664,8 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
                     except (LlamactlError, ValueError, RuntimeError) as exc:
                         yield _error_row(ref, path, params, t, exc, **{
                             k: common[k] for k in ("model_type", "model_size", "model_params",
-                                                   "backend", "gpu_layers", "threads", "n_ctx",
+                                                   "backend", "gpu_layers", "threads",
+                                                   "threads_batch", "n_ctx",
                                                    "load_seconds")})
                         continue
                     yield BenchRow(**common, **summary, test=t.name, n_prompt=t.n_prompt,
