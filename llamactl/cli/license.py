@@ -1,11 +1,124 @@
-"""`llamactl license`: Llama license families and their acceptance."""
+"""`llamactl license list|show|accept|revoke`, and the interactive license prompt that
+`pull` (and everything that pulls: chat, bench, show) uses on a terminal."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
+from typing import Annotated, Any
+
 import typer
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli import output
+from llamactl.cli.options import JsonOpt
+
+FamilyArg = Annotated[str, typer.Argument(help="License family: llama2, llama3, llama3.1, "
+                                               "llama3.2, llama3.3 or llama4.", show_default=False)]
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "license", "Llama licenses: list, show, accept, revoke.")
+def summary_text(family_id: str) -> str:
+    from llamactl import licenses
+
+    family = licenses.get_family(family_id)
+    lines = [f"{family.title} — in short (llamactl's reading; the license itself is what binds):"]
+    lines += [f"  • {point}" for point in family.summary()]
+    return "\n".join(lines)
+
+
+def _page(text: str) -> None:
+    """Show a long text in the pager when stdout is a terminal; else on stderr."""
+    if output.stdout_is_tty():
+        import pydoc
+
+        pydoc.pager(text)
+    else:
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        sys.stderr.flush()
+
+
+def prompt_accept(family_id: str, texts: list[tuple[str, str]], model: str) -> str | bool:
+    """Show the summary (and the license text in a pager), ask for `yes`. Returns the
+    sha256 of the text shown (True when none was shown), or False."""
+    output.info(f"{model} comes under a Llama license that has not been accepted on this machine.")
+    output.info(summary_text(family_id))
+    digest: str | bool = True
+    if texts:
+        joined = "\n\n".join(f"==> {name} <==\n{text}" for name, text in texts)
+        digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()
+        output.info(f"The license text from the repository follows ({', '.join(n for n, _ in texts)}).")
+        _page(joined)
+    sys.stderr.write("Type 'yes' to accept it and continue, anything else to stop: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if answer.strip().lower() == "yes":
+        return digest
+    return False
+
+
+def _list(as_json: bool) -> None:
+    from llamactl import licenses
+
+    accepted = licenses.records()
+    rows: list[dict[str, Any]] = []
+    for family in licenses.FAMILIES.values():
+        rec = accepted.get(family.id)
+        rows.append({"family": family.id, "title": family.title, "url": family.url,
+                     "accepted": rec is not None,
+                     "accepted_at": rec.get("accepted_at") if rec else None})
+    if as_json:
+        output.json_doc(rows)
+        return
+    from llamactl.cli.models import print_rows
+
+    print_rows(["FAMILY", "LICENSE", "ACCEPTED"],
+               [[r["family"], r["title"], r["accepted_at"] or "no"] for r in rows])
+
+
+def register(app: Any) -> None:
+    sub = typer.Typer(name="license", help="Llama licenses: list, show, accept, revoke.",
+                      no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+    @sub.command("list", help="The Llama license families and whether each is accepted here.")
+    def list_cmd(as_json: JsonOpt = False) -> None:
+        _list(as_json)
+
+    @sub.command("show", help="A license family's summary, links and acceptance record.")
+    def show_cmd(family: FamilyArg, as_json: JsonOpt = False) -> None:
+        from llamactl import licenses
+
+        fam = licenses.get_family(family)
+        rec = licenses.records().get(fam.id)
+        if as_json:
+            output.json_doc({"family": fam.id, "title": fam.title, "url": fam.url,
+                             "use_policy": fam.policy_url, "summary": fam.summary(),
+                             "accepted": rec})
+            return
+        output.data(summary_text(fam.id))
+        output.data("")
+        output.data(f"accepted: {rec['accepted_at']} (llamactl {rec['llamactl_version']})"
+                    if rec else f"accepted: no (`llamactl license accept {fam.id}`)")
+
+    @sub.command("accept", help="Accept a license family (recorded in the config folder).")
+    def accept_cmd(family: FamilyArg, as_json: JsonOpt = False) -> None:
+        from llamactl import licenses
+
+        fam = licenses.get_family(family)
+        if not as_json:
+            output.info(summary_text(fam.id))
+        record = licenses.accept(fam.id, how="license accept")
+        if as_json:
+            output.json_doc(record)
+        else:
+            output.info(f"accepted the {fam.title}")
+
+    @sub.command("revoke", help="Forget the acceptance of a license family.")
+    def revoke_cmd(family: FamilyArg) -> None:
+        from llamactl import licenses
+
+        fam = licenses.get_family(family)
+        if licenses.revoke(fam.id):
+            output.info(f"revoked the acceptance of the {fam.title}")
+        else:
+            output.info(f"the {fam.title} was not accepted; nothing to revoke")
+
+    app.add_typer(sub, name="license")

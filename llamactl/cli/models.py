@@ -1,11 +1,69 @@
-"""`llamactl models`."""
+"""`llamactl models`: the catalog."""
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli import output
+from llamactl.cli.options import JsonOpt
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "models", "List the models llamactl knows (the catalog).")
+def print_rows(headers: list[str], rows: list[list[str]]) -> None:
+    """A table as data on stdout: a rich table on a terminal, plain aligned columns (never
+    truncated) when piped."""
+    if output.stdout_is_tty():
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for col in headers:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        output.table(table)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    output.data("\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+                           for row in [headers, *rows]))  # one write: a closed pipe ends it cleanly
+
+
+def _count(n: int | None) -> str:
+    if not n:
+        return "-"
+    if n >= 1e12:
+        return f"{n / 1e12:.1f}T".replace(".0T", "T")
+    if n >= 1e9:
+        return f"{n / 1e9:.0f}B" if n >= 1e10 else f"{n / 1e9:.1f}B".replace(".0B", "B")
+    return f"{n / 1e6:.0f}M"
+
+
+def _ctx(n: int | None) -> str:
+    if not n:
+        return "-"
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n % 1024 == 0:
+        return f"{n >> 10}K"
+    return str(n)
+
+
+def _params(e: Any) -> str:
+    text = _count(e.params_total)
+    if e.params_active:
+        text += f" ({_count(e.params_active)} active"
+        text += f", {e.experts} experts)" if e.experts else ")"
+    return text
+
+
+def register(app: Any) -> None:
+    @app.command("models", help="List the models llamactl knows (the catalog): aliases, "
+                                "sources, default quant, license.")
+    def models_cmd(as_json: JsonOpt = False) -> None:
+        from llamactl import catalog
+
+        entries = catalog.load()
+        if as_json:
+            output.json_doc([e.to_dict() for e in entries])
+            return
+        print_rows(["NAME", "ALIASES", "PARAMS", "CONTEXT", "DEFAULT", "LICENSE", "GGUF SOURCE"],
+                   [[e.name, ",".join(e.aliases) or "-", _params(e), _ctx(e.context_length),
+                     e.default_tag, e.license or "-", (e.gguf_repos or ["-"])[0]] for e in entries])

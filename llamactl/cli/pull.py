@@ -1,11 +1,172 @@
-"""`llamactl pull`."""
+"""`llamactl pull`, and `ensure_model_file` (docs/CONTRACTS.md): the one way every verb
+turns a model reference into a GGUF path, pulling it first when needed."""
 
 from __future__ import annotations
 
-import typer
+import time
+from pathlib import Path
+from typing import Any
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli import output
+from llamactl.cli.options import AcceptLicenseOpt, JsonOpt, ModelArg, QuietOpt, RevisionOpt
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "pull", "Download a model from the Hugging Face Hub.")
+def _interactive() -> bool:
+    return output.stdin_is_tty() and output.stderr_is_tty()
+
+
+def _confirm_license(family: str, plan: Any) -> str | bool:
+    from llamactl import hub
+    from llamactl.cli.license import prompt_accept
+
+    texts = hub.fetch_license_texts(plan.listing) if plan.listing is not None else []
+    return prompt_accept(family, texts, plan.name)
+
+
+class _PlainProgress:
+    """One short line per file on stderr (not a terminal)."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.done = 0
+
+    def file_start(self, filename: str, total: int | None, done: int, action: str) -> None:
+        from llamactl.fsutil import human_bytes
+
+        self.start, self.done = time.monotonic(), 0
+        size = human_bytes(total) if total is not None else "unknown size"
+        verb = {"download": "downloading", "resume": "resuming", "verify": "verifying"}[action]
+        extra = f" from {human_bytes(done)}" if action == "resume" else ""
+        output.info(f"{verb} {filename} ({size}){extra}")
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def file_end(self, filename: str, status: str) -> None:
+        output.info(f"{filename}: {status}, sha256 ok")
+
+    def waiting(self, what: str) -> None:
+        output.info(f"waiting for another pull of {what} to finish")
+
+
+class _RichProgress(_PlainProgress):
+    """A rich progress bar per file on stderr (a terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(),
+                                 console=output.stderr_console(), transient=False)
+        self.task: Any = None
+        self.progress.start()
+
+    def file_start(self, filename: str, total: int | None, done: int, action: str) -> None:
+        label = {"download": "", "resume": "(resume) ", "verify": "(verify) "}[action]
+        name = filename.rsplit("/", 1)[-1]
+        self.task = self.progress.add_task(f"{label}{name}", total=total)
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def file_end(self, filename: str, status: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
+        self.task = None
+
+    def waiting(self, what: str) -> None:
+        self.progress.console.print(f"waiting for another pull of {what} to finish")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class _Silent:
+    def file_start(self, *a: Any) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def file_end(self, *a: Any) -> None: ...
+    def waiting(self, what: str) -> None: ...
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet:
+        return _Silent()
+    if output.stderr_is_tty():
+        return _RichProgress()
+    return _PlainProgress()
+
+
+def pull(ref_text: str, *, revision: str | None = None, accept_license: bool = False,
+         quiet: bool = False) -> tuple[dict[str, Any], str]:
+    """Pull a reference (catalog or Hub) with progress and the license gate."""
+    from llamactl import hub, refs
+
+    ref = refs.parse(ref_text)
+    if ref.kind == "path":
+        from llamactl.errors import UsageError
+
+        raise UsageError(f"{ref_text} is a local file; there is nothing to pull",
+                         hint="use it directly (chat, show, bench accept a .gguf path)")
+    progress = _progress(quiet)
+    try:
+        return hub.pull_model(ref, revision=revision, accept_license=accept_license,
+                              confirm=_confirm_license if _interactive() else None,
+                              progress=progress)
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+
+
+def ensure_model_file(ref: str, *, accept_license: bool = False, quiet: bool = False) -> Path:
+    """The path of the (first part of the) GGUF a reference names: a .gguf path as is, a
+    registered model's file, or a catalog/Hub model pulled first (progress on stderr, the
+    license gate: a prompt on a terminal, LicenseNotAccepted (exit 3) without one)."""
+    from llamactl import hub, refs, registry
+    from llamactl.errors import NotFound
+
+    entry = registry.get(ref.strip())
+    if entry is not None:
+        path = Path(entry["path"])
+        if not path.exists():
+            raise NotFound(f"the file of {entry['name']} is gone: {path}",
+                           hint=f"pull it again, or remove it: `llamactl rm {entry['name']}`")
+        return path
+    parsed = refs.parse(ref)
+    if parsed.kind == "path":
+        assert parsed.path is not None
+        if not parsed.path.is_file():
+            raise NotFound(f"no such file: {parsed.path}")
+        return parsed.path
+    existing = hub.registered_for(parsed)
+    if existing is not None and hub.files_present(existing):
+        return Path(existing["path"])
+    entry, _ = pull(ref, accept_license=accept_license, quiet=quiet)
+    return Path(entry["path"])
+
+
+def _render(entry: dict[str, Any], status: str, as_json: bool, quiet: bool) -> None:
+    from llamactl.fsutil import human_bytes
+
+    if as_json:
+        output.json_doc(entry)
+        return
+    if not quiet:
+        what = "already on this machine" if status == "present" else "pulled"
+        rev = (entry.get("revision") or "")[:12]
+        output.info(f"{entry['name']}: {what} ({human_bytes(entry.get('size') or 0)}, "
+                    f"{entry.get('repo')}@{rev})")
+    output.data(entry["path"])
+
+
+def register(app: Any) -> None:
+    @app.command("pull", help="Download a model from the Hugging Face Hub (resume, sha256 "
+                              "checks, license gate). Prints the model file's path.")
+    def pull_cmd(model: ModelArg, revision: RevisionOpt = None,
+                 accept_license: AcceptLicenseOpt = False, as_json: JsonOpt = False,
+                 quiet: QuietOpt = False) -> None:
+        entry, status = pull(model, revision=revision, accept_license=accept_license, quiet=quiet)
+        _render(entry, status, as_json, quiet)
+
