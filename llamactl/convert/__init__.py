@@ -21,6 +21,7 @@ from llamactl.errors import LlamactlError
 ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("llama", "Llama 3.x (3.0, 3.1, 3.2, 3.3)"),
     "llama4": ("llama4", "Llama 4 (Scout, Maverick)"),
+    "llama4_text": ("llama4", "Llama 4 text-only (Llama4ForCausalLM)"),
 }
 
 

@@ -32,7 +32,6 @@ What llama.cpp's `llama4` loader expects, and how a Hugging Face checkpoint maps
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,27 +91,21 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _rope(tc: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(theta, scaling) from either transformers 5's `rope_parameters` or the
-    `rope_theta` + `rope_scaling` of Meta's config.json files."""
-    params = tc.get("rope_parameters")
-    if isinstance(params, dict) and params:
-        theta = params.get("rope_theta", tc.get("rope_theta", 500000.0))
-        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-    else:
-        theta = tc.get("rope_theta", 500000.0)
-        scaling = tc.get("rope_scaling") or {}
-    scaling = dict(scaling or {})
-    if "type" in scaling and "rope_type" not in scaling:
-        scaling["rope_type"] = scaling.pop("type")
-    rtype = scaling.get("rope_type", "default")
-    if rtype in (None, "default"):
-        return float(theta), None
+    `rope_theta` + `rope_scaling` of Meta's config.json files; only `llama3` scaling (or
+    none) is supported."""
+    from llamactl.convert.llama import rope_config
+
+    theta, scaling = rope_config(tc)
+    if scaling is None:
+        return theta, None
+    rtype = scaling.get("rope_type", scaling.get("type"))
     if rtype != "llama3":
         raise LlamactlError(f"rope scaling of type {rtype!r} is not supported for Llama 4 "
                             "(supported: none, llama3)")
     for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
         if key not in scaling:
             raise IntegrityError(f"config.json: llama3 rope scaling without {key}")
-    return float(theta), scaling
+    return theta, dict(scaling)
 
 
 def hparams_from_config(config: dict[str, Any]) -> Llama4HParams:
@@ -187,26 +180,10 @@ def hparams_from_config(config: dict[str, Any]) -> Llama4HParams:
 
 
 def llama3_rope_freqs(hp: Llama4HParams):
-    """The per-frequency divisors llama.cpp applies for `llama3` rope scaling (its
-    `rope_freqs` tensor): 1 for high frequencies, `factor` for low ones, smooth between."""
-    import numpy as np
+    """llama.cpp's `rope_freqs` for `llama3` rope scaling (the same as Llama 3.1's)."""
+    from llamactl.convert.llama import llama3_rope_factors
 
-    s = hp.rope_scaling or {}
-    factor = float(s["factor"])
-    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
-    old_ctx = float(s["original_max_position_embeddings"])
-    inv = 1.0 / (hp.rope_theta ** (np.arange(0, hp.head_dim, 2, dtype=np.float64) / hp.head_dim))
-    wavelen = 2 * math.pi / inv
-    out = np.empty_like(inv)
-    for i, wl in enumerate(wavelen):
-        if wl < old_ctx / high:
-            out[i] = 1.0
-        elif wl > old_ctx / low:
-            out[i] = factor
-        else:
-            smooth = (old_ctx / wl - low) / (high - low)
-            out[i] = 1.0 / ((1 - smooth) / factor + smooth)
-    return out.astype(np.float32)
+    return llama3_rope_factors(hp.rope_theta, hp.head_dim, hp.rope_scaling or {})
 
 
 # ------------------------------------------------------------------------- tensor plan
@@ -227,11 +204,13 @@ def _expect(t, shape: tuple[int, ...]) -> None:
                              "the config does not match the weights")
 
 
-def expert_job(t, gguf_name: str, ggml_type: str, part: str, n_ff: int):
+def expert_job(t, gguf_name: str, ggml_type: str, part: str, n_ff: int, transpose: bool = True):
     """Routed experts of one layer, streamed expert by expert from the mapped shard.
 
     part "gate"/"up": `gate_up_proj` [E, hidden, 2*ff] -> [E, ff, hidden] (a half of the
-    last axis, transposed); part "down": `down_proj` [E, ff, hidden] -> [E, hidden, ff]."""
+    last axis, transposed); part "down": `down_proj` [E, ff, hidden] -> [E, hidden, ff].
+    transpose=False (tests only) writes each expert's block untransposed, reshaped to the
+    output shape: the classic bug of treating the fused tensors like linear weights."""
     from llamactl.convert.common import MappedTensor, TensorJob, convert_block
 
     n_exp, rows, cols = t.shape
@@ -247,9 +226,15 @@ def expert_job(t, gguf_name: str, ggml_type: str, part: str, n_ff: int):
     per_expert = rows * cols * item
 
     def blocks() -> Iterator[Any]:
+        import numpy as np
+
         with MappedTensor(t) as m:
             for e in range(n_exp):
-                block = m.array[e, :, lo:hi].T          # a strided view: [out rows, in]
+                block = m.array[e, :, lo:hi]            # [in, out]: transposed vs linear weights
+                if transpose:
+                    block = block.T                     # a strided view: [out rows, in]
+                else:
+                    block = np.ascontiguousarray(block).reshape(out_shape[1:])
                 yield convert_block(block, t.dtype, ggml_type)
                 del block
                 m.release(e * per_expert, per_expert)
@@ -266,7 +251,8 @@ class Llama4Plan:
     n_expert_params: int        # one expert's parameters summed over layers
 
 
-def plan_tensors(ckpt, hp: Llama4HParams, outtype: str) -> Llama4Plan:
+def plan_tensors(ckpt, hp: Llama4HParams, outtype: str, *, expert_layout: str = "llama.cpp",
+                 permute_qk: bool = False) -> Llama4Plan:
     """Every output tensor as a streaming job, in llama.cpp's order; checks that the
     checkpoint's text tensors are exactly what the config implies."""
     from llamactl.convert.common import array_job, ggml_type_for, source_job
@@ -304,8 +290,15 @@ def plan_tensors(ckpt, hp: Llama4HParams, outtype: str) -> Llama4Plan:
     for i in range(hp.n_layer):
         p, b = f"{prefix}layers.{i}.", f"blk.{i}."
         plain(p + "input_layernorm.weight", b + "attn_norm.weight", (H,))
-        plain(p + "self_attn.q_proj.weight", b + "attn_q.weight", (q_dim, H))
-        plain(p + "self_attn.k_proj.weight", b + "attn_k.weight", (kv_dim, H))
+        if permute_qk:  # wrong for Llama 4 (tests only): Llama 3's rotate-half reordering
+            from llamactl.convert.llama import rope_row_permutation
+
+            for proj, gname, rows, heads in (("q", "attn_q", q_dim, hp.n_head), ("k", "attn_k", kv_dim, hp.n_head_kv)):
+                t = get(p + f"self_attn.{proj}_proj.weight", (rows, H))
+                jobs.append(source_job(t, b + f"{gname}.weight", mat, rope_row_permutation(rows, heads)))
+        else:
+            plain(p + "self_attn.q_proj.weight", b + "attn_q.weight", (q_dim, H))
+            plain(p + "self_attn.k_proj.weight", b + "attn_k.weight", (kv_dim, H))
         plain(p + "self_attn.v_proj.weight", b + "attn_v.weight", (kv_dim, H))
         plain(p + "self_attn.o_proj.weight", b + "attn_output.weight", (H, q_dim))
         plain(p + "post_attention_layernorm.weight", b + "ffn_norm.weight", (H,))
@@ -316,9 +309,11 @@ def plan_tensors(ckpt, hp: Llama4HParams, outtype: str) -> Llama4Plan:
             plain(f + "router.weight", b + "ffn_gate_inp.weight", (E, H), "F32")
             gate_up = get(f + "experts.gate_up_proj", (E, H, 2 * ff))
             down = get(f + "experts.down_proj", (E, ff, H))
-            jobs.append(expert_job(gate_up, b + "ffn_gate_exps.weight", mat, "gate", ff))
-            jobs.append(expert_job(down, b + "ffn_down_exps.weight", mat, "down", ff))
-            jobs.append(expert_job(gate_up, b + "ffn_up_exps.weight", mat, "up", ff))
+            gate, up = ("up", "gate") if expert_layout == "swap_gate_up" else ("gate", "up")
+            transpose = expert_layout != "untransposed"
+            jobs.append(expert_job(gate_up, b + "ffn_gate_exps.weight", mat, gate, ff, transpose))
+            jobs.append(expert_job(down, b + "ffn_down_exps.weight", mat, "down", ff, transpose))
+            jobs.append(expert_job(gate_up, b + "ffn_up_exps.weight", mat, up, ff, transpose))
             n_expert_params += 3 * H * ff
             plain(f + "shared_expert.gate_proj.weight", b + "ffn_gate_shexp.weight", (ff, H))
             plain(f + "shared_expert.down_proj.weight", b + "ffn_down_shexp.weight", (H, ff))
@@ -365,41 +360,45 @@ def size_label(plan: Llama4Plan) -> str:
     return gguf.size_label(plan.n_params, shared, plan.n_expert_params, plan.hp.n_expert)
 
 
-def convert_llama4(src_dir: Path, out_path: Path, outtype: str | None = None, progress=None,
-                   config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Convert a Llama 4 checkpoint folder to a text GGUF. Returns a summary dict (the
-    caller wraps it into its result type): output path, bytes, tensors, params, the
-    skipped vision tensors, hyper-parameters, outtype, largest tensor and seconds."""
+def convert(ckpt, out_path: Path, outtype: str, progress=None, *, name: str | None = None,
+            expert_layout: str = "llama.cpp", permute_qk: bool = False) -> dict[str, Any]:
+    """Convert an opened Llama 4 checkpoint (llamactl.convert.common.Checkpoint) to a text
+    GGUF at `out_path`. `expert_layout` and `permute_qk` exist only so that tests can
+    write deliberately wrong files ("swap_gate_up", "untransposed"; Llama 3's q/k
+    permutation) and show that the parity check catches them."""
     from llamactl.convert import common
 
-    t0 = common.now()
-    src_dir = Path(src_dir)
-    ckpt = common.open_checkpoint(src_dir, config)
     hp = hparams_from_config(ckpt.config)
-    outtype = common.check_outtype(outtype, ckpt)
-    plan = plan_tensors(ckpt, hp, outtype)
-    tok = common.load_bpe_tokenizer(src_dir, hp.vocab_size, eot_token="<|eot|>", eom_token="<|eom|>",
+    plan = plan_tensors(ckpt, hp, outtype, expert_layout=expert_layout, permute_qk=permute_qk)
+    tok = common.load_bpe_tokenizer(ckpt.path, hp.vocab_size, eot_token="<|eot|>", eom_token="<|eom|>",
                                     config=text_config(ckpt.config))
     label = size_label(plan)
 
     def add_metadata(writer: Any) -> None:
-        common.write_general(writer, src_dir, ckpt.config, outtype)
+        common.write_general(writer, ckpt.path, ckpt.config, outtype, name=name)
         writer.add_size_label(label)
         write_hparams(writer, hp)
         common.write_tokenizer(writer, tok, PRE_TOKENIZER)
 
     size = common.write_gguf(Path(out_path), ARCH, add_metadata, plan.jobs, progress)
-    text_bytes = [t.nbytes for n, t in ckpt.tensors.items() if n not in set(plan.skipped)]
+    skipped = set(plan.skipped)
+    notes = []
+    if plan.skipped:
+        n_bytes = sum(ckpt.tensors[n].nbytes for n in plan.skipped)
+        notes.append(f"left out the vision tower and projector ({len(plan.skipped)} tensors, "
+                     f"{n_bytes / 2**20:.1f} MiB): this GGUF is the text model only")
     return {
-        "path": Path(out_path),
         "architecture": ARCH,
-        "outtype": outtype,
-        "bytes": size,
         "n_tensors": len(plan.jobs),
         "n_params": plan.n_params,
+        "bytes": size,
         "size_label": label,
+        "vocab_size": hp.vocab_size,
+        "experts": hp.n_expert,
+        "experts_used": hp.n_expert_used,
+        "moe_layers": [i for i in range(hp.n_layer) if hp.is_moe(i)],
+        "rope_freqs": hp.rope_scaling is not None,
         "skipped_tensors": plan.skipped,
-        "hparams": hp.to_dict(),
-        "largest_tensor_bytes": max(text_bytes, default=0),
-        "seconds": common.now() - t0,
+        "largest_tensor_bytes": max((t.nbytes for n, t in ckpt.tensors.items() if n not in skipped), default=0),
+        "notes": notes,
     }

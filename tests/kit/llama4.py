@@ -97,7 +97,7 @@ class Llama4Spec:
     std: float | None = None          # weight std; None: 0.05 (scout), 0.1 (maverick, narrower)
     num_layers: int = 4
     max_shard_size: str | None = None  # e.g. "2MB" to get several shards
-    head_scale: float = 4.0           # lm_head weights x this: decisive logits, few top-1 ties
+    head_scale: float = 1.0           # lm_head weights x this (1: transformers init)
     config_style: str = "v5"          # "v5": rope_parameters; "meta": rope_theta + rope_scaling
     text_overrides: tuple = field(default_factory=tuple)  # ((key, value), ...) into text_config
 
