@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.kit.fixtures", "tests.hubsim.fixtures", "tests.synthetic.fixtures"]
+pytest_plugins = ["tests.kit.fixtures", "tests.hubsim.fixtures", "tests.synthetic.fixtures", "tests.kit.llama4_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 
