@@ -547,30 +547,41 @@ class Engine:
     def chat_tokens(self, messages: list[dict]) -> list[int]:
         """The prompt tokens for `messages`, built so that the conversation already in the
         cache is kept token for token: the rendered prompt is compared, byte by byte, with
-        the text of the tokens of the last call (prompt and answer); the tokens inside the
-        common text are reused as they are, and only the rest of the text is tokenized."""
-        text = self.render(messages).encode("utf-8")
-        add_bos = bool(self._add_bos()) and not self._starts_with_bos(text)
+        the text of the tokens of the last call (its prompt and the answer generated); the
+        tokens inside the common text are reused as they are, and only the rest of the text
+        is tokenized. Whitespace that the template trimmed from an answer (Llama 3's
+        templates render `content | trim`) is skipped on the cached side, so the model's
+        own answer tokens stay as generated, as llama.cpp's llama-cli keeps them."""
+        text = self.render(messages)
         history = self._history
         if history:
-            offset = 0
-            keep = 0
+            # Compare as text, decoding the cached tokens the way answers are decoded (bytes
+            # that are not UTF-8 become U+FFFD, as in the answer the conversation stores).
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            pos = 0           # position in `text`
+            keep = 0          # history tokens kept
+            keep_pos = 0
             for i, tok in enumerate(history):
-                piece = self.piece(tok, special=True)
-                end = offset + len(piece)
-                if end > len(text) or text[offset:end] != piece:
+                chunk = decoder.decode(self.piece(tok, special=True))
+                k = 0
+                while k < len(chunk):
+                    if pos < len(text) and chunk[k] == text[pos]:
+                        k += 1
+                        pos += 1
+                    elif chunk[k] in " \t\r\n":
+                        k += 1
+                    else:
+                        break
+                if k < len(chunk):
                     break
-                offset = end
-                keep = i + 1
+                if not decoder.getstate()[0]:   # no character cut in half here
+                    keep, keep_pos = i + 1, pos
             if keep > 0:
-                rest = text[offset:].decode("utf-8", "surrogateescape") if offset < len(text) else ""
-                try:
-                    rest_tokens = self.tokenize(rest) if rest else []
-                except UnicodeEncodeError:
-                    rest_tokens = None
-                if rest_tokens is not None:
-                    return list(history[:keep]) + rest_tokens
-        return self.tokenize(text.decode("utf-8"), add_bos=add_bos)
+                rest = text[keep_pos:]
+                return list(history[:keep]) + (self.tokenize(rest) if rest else [])
+        text_bytes = text.encode("utf-8")
+        add_bos = self._add_bos() and not self._starts_with_bos(text_bytes)
+        return self.tokenize(text, add_bos=add_bos)
 
     def _add_bos(self) -> bool:
         import llama_cpp

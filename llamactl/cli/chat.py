@@ -23,8 +23,6 @@ def parse_gpu_layers(value: str) -> int | str:
     text = (value or "auto").strip().lower()
     if text in ("auto", ""):
         return "auto"
-    if text in ("all", "-1"):
-        return 10_000
     try:
         n = int(text)
     except ValueError:
@@ -141,8 +139,9 @@ def register(app) -> None:
         from llamactl.engine import Engine
 
         engine = Engine.load(path, options)
-        for warning in getattr(engine.plan, "warnings", []) or []:
-            output.warn(warning)
+        if verbose:
+            for warning in getattr(engine.plan, "warnings", []) or []:
+                output.warn(warning)
         try:
             if interactive:
                 from llamactl.chat.repl import run_repl
