@@ -31,7 +31,7 @@ _llamactl() {
             ;;
         doctor)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--help --json" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -63,7 +63,7 @@ _llamactl() {
             ;;
         plan)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-type --ram --ubatch-size --vram -b -c -ngl -ub" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -68,8 +68,9 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -o t
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o v
 complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a safetensors checkpoint to GGUF. (not built yet)'
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l help
-complete -c llamactl -f -n '__fish_use_subcommand' -a doctor -d 'Check this machine: versions, GPU, devices, disk, paths. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a doctor -d 'Check this machine: versions, GPU support, devices and their memory, disk, paths.'
 complete -c llamactl -n '__fish_seen_subcommand_from doctor' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from doctor' -l json
 complete -c llamactl -f -n '__fish_use_subcommand' -a license -d 'Llama licenses: list, show, accept, revoke.'
 complete -c llamactl -f -n '__fish_seen_subcommand_from license; and not __fish_seen_subcommand_from accept list revoke show' -a accept -d 'Accept a license family (recorded in the config folder).'
 complete -c llamactl -n '__fish_seen_subcommand_from accept' -l help
@@ -88,8 +89,23 @@ complete -c llamactl -n '__fish_seen_subcommand_from list' -l json
 complete -c llamactl -f -n '__fish_use_subcommand' -a models -d 'List the models llamactl knows (the catalog): aliases, sources, default quant, license.'
 complete -c llamactl -n '__fish_seen_subcommand_from models' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from models' -l json
-complete -c llamactl -f -n '__fish_use_subcommand' -a plan -d 'Show the memory plan: what goes on the GPU and in RAM. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a plan -d 'Show the memory plan: what goes on the GPU and in RAM, at which context. --vram/--ram plan for another machine.'
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l batch-size
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l cpu-moe
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l flash-attn
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l kv-type
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ram
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ubatch-size
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l vram
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -o b
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -o c
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ngl
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ub
 complete -c llamactl -f -n '__fish_use_subcommand' -a pull -d 'Download a model from the Hugging Face Hub (resume, sha256 checks, license gate). Prints the model file\'s path.'
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l accept-license
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l help

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -247,3 +248,97 @@ def detect(use_ggml: bool = True) -> Devices:
         gpus = [GpuInfo(i, f"{d.name} ({d.description})", d.total, d.free, "ggml") for i, d in enumerate(devs)]
         source = "ggml" if gpus else "none"
     return Devices(gpus=gpus, ram=system_memory(), gpu_source=source)
+
+
+# --- the machine report (`llamactl doctor`) ---------------------------------------------
+
+CUDA_REINSTALL = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+                  '"llama-cpp-python>=0.3.36,<0.4"')
+PORTABLE_REINSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir '
+                      '"llama-cpp-python>=0.3.36,<0.4"')
+
+
+def cpu_flags() -> set[str]:
+    fake = os.environ.get("LLAMACTL_FAKE_CPU_FLAGS")
+    if fake is not None:
+        return set(fake.split())
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def amx_warning(flags: set[str], system_info: str) -> str | None:
+    """The FIELD-NOTES problem: a CPU that advertises AMX, and a build that uses AMX
+    kernels, can die with SIGILL on quantized models on some virtual machines."""
+    if not any(f.startswith("amx") for f in flags):
+        return None
+    if "AMX" not in system_info.upper():
+        return None
+    return ("this CPU advertises AMX and this llama.cpp build uses AMX kernels: on some virtual "
+            "machines quantized models (Q8_0, Q4_K_M) then crash with SIGILL (exit 132); if they "
+            "do, reinstall a portable build")
+
+
+def machine_report() -> dict[str, Any]:
+    """Everything `doctor` shows, as data."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    from llamactl import __version__, paths
+    from llamactl.fsutil import free_bytes
+
+    report: dict[str, Any] = {
+        "versions": {"python": platform.python_version(), "llamactl": __version__},
+        "problems": [],
+    }
+    try:
+        report["versions"]["llama_cpp_python"] = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        report["versions"]["llama_cpp_python"] = None
+    offload = False
+    system_info = ""
+    ggml: list[GgmlDevice] = []
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        raw = llama_cpp.llama_print_system_info()
+        system_info = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
+        ggml = ggml_devices()
+    except Exception as exc:  # report a broken install instead of dying
+        report["problems"].append({"level": "error", "message": f"llama_cpp does not load: {exc}",
+                                   "command": 'pip install --force-reinstall "llama-cpp-python>=0.3.36,<0.4"'})
+    report["llama_cpp"] = {"system_info": system_info, "gpu_offload": offload,
+                           "devices": [d.to_dict() for d in ggml]}
+    gpus, source = nvidia_gpus()
+    ggml_gpus = [d for d in ggml if d.kind in ("gpu", "igpu")]
+    report["nvidia"] = {"source": source, "driver": next((g.driver for g in gpus if g.driver), None),
+                        "gpus": [dict(g.to_dict(), usable=bool(offload and ggml_gpus)) for g in gpus]}
+    ram = system_memory()
+    report["ram"] = {"total": ram.total, "available": ram.available}
+    all_paths = paths.all_paths()
+    report["paths"] = all_paths
+    disk = {}
+    for key in ("models", "hf_hub_cache"):
+        try:
+            disk[key] = {"path": all_paths[key], "free": free_bytes(Path(all_paths[key]))}
+        except OSError:
+            disk[key] = {"path": all_paths[key], "free": None}
+    report["disk"] = disk
+    report["python_executable"] = sys.executable
+    if gpus and not offload:
+        report["problems"].append({
+            "level": "warning",
+            "message": f"{len(gpus)} NVIDIA GPU(s) found, but this llama-cpp-python build is CPU-only",
+            "command": CUDA_REINSTALL,
+        })
+    amx = amx_warning(cpu_flags(), system_info)
+    if amx:
+        report["problems"].append({"level": "warning", "message": amx, "command": PORTABLE_REINSTALL})
+    return report

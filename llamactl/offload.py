@@ -263,7 +263,7 @@ def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, 
            n_ubatch: int, has_gpu: bool) -> dict[str, Any]:
     """Bytes on each device for one placement."""
     L = shape.n_layer
-    ngl = max(0, min(ngl, L + 1)) if has_gpu else 0
+    ngl = max(0, min(ngl, L + 1))
     first_gpu = L - min(ngl, L)
     gpu_layers = list(range(first_gpu, L)) if ngl else []
     output_gpu = ngl >= L + 1
@@ -362,7 +362,9 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
     if ctx is not None and ctx < 1:
         raise UsageError("the context size must be at least 1")
     if gpu_layers is not None and gpu_layers < 0:
-        gpu_layers = None if gpu_layers == -1 else gpu_layers
+        gpu_layers = 1 << 30  # llama.cpp: negative means every layer
+    if cpu_moe is not None and cpu_moe < 0:
+        raise UsageError("--cpu-moe must be 0 or more")
     n_ubatch = max(1, min(n_ubatch, n_batch))
     shape = model_shape(info)
     if shape.n_layer <= 0:
@@ -404,10 +406,10 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
 
     def choose(n_ctx: int) -> tuple[dict[str, Any], str, int] | None:
         """The first candidate that fits the GPU (None if none does)."""
+        if not has_gpu and gpu_layers is None:
+            return _usage(shape, 0, 0, n_ctx, kv_type, flash_attn, n_ubatch, False), "cpu-only", 0
         for ngl, k, strategy in _candidates(shape, gpu_layers, cpu_moe):
             u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
-            if not has_gpu:
-                return u, "cpu-only", 0
             if fits_gpu(u):
                 return u, strategy, k
         return None
@@ -455,9 +457,11 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
         warnings.append(f"context set to {n_ctx} tokens to fit memory (ask for more with --ctx)")
     if shape.context_length and n_ctx > shape.context_length:
         warnings.append(f"context {n_ctx} is beyond the model's trained {shape.context_length} tokens")
-    if not has_gpu:
+    if not has_gpu and u["ngl"] == 0:
         warnings.append("no GPU memory to plan for: everything runs on the CPU "
                         "(give --vram SIZE to plan for a GPU)")
+    elif not has_gpu:
+        warnings.append(f"no GPU found: --gpu-layers {u['ngl']} passed on as asked")
     if shape.swa_layers:
         warnings.append("Llama 4 chunked attention: llama.cpp keeps a full-size KV cache on every layer")
     if (gpu_layers is not None or cpu_moe is not None) and has_gpu and not fits_gpu(u):
@@ -469,10 +473,10 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
     result = Plan(
         n_gpu_layers=u["ngl"], n_ctx=n_ctx, cpu_tensor_patterns=patterns,
         warnings=warnings, model=shape.path, architecture=shape.architecture, n_layers=shape.n_layer,
-        cpu_moe=k if moe_cpu_layers else 0, strategy=strategy if has_gpu else "cpu-only", fits=fits,
+        cpu_moe=k if moe_cpu_layers else 0, strategy=strategy if u["ngl"] else "cpu-only", fits=fits,
         kv_type=kv_type, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=n_ubatch, ctx_requested=ctx,
         vram=vram, ram=ram, margin=margin, gpus=gpus, devices_source=source,
-        gpu=u["gpu"] if has_gpu else {key: 0 for key in u["gpu"]}, cpu=u["cpu"],
+        gpu=u["gpu"], cpu=u["cpu"],
         weights_total=u["weights_total"], expert_layers_on_cpu=moe_cpu_layers,
         layers_on_gpu=u["gpu_layers"], output_on_gpu=u["output_gpu"],
     )
@@ -484,8 +488,8 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
             f"{result.n_gpu_layers} layers on GPU) needs {human_bytes(need_gpu)} of GPU memory and "
             f"{human_bytes(need_cpu)} of RAM; this machine has {human_bytes(budget)} GPU "
             f"(after a {human_bytes(margin)} margin) and {human_bytes(ram)} RAM ({ram_source})",
-            hint="use a smaller quantization (llamactl pull MODEL:q4_k_m) or a smaller --ctx, "
-                 "or plan for another machine with --vram/--ram",
+            hint="use a smaller quantization of the model or a machine with more memory; "
+                 "`llamactl plan MODEL --vram SIZE --ram SIZE` plans for another machine",
         )
         exc.plan = result  # type: ignore[attr-defined]
         raise exc

@@ -1,11 +1,154 @@
-"""`llamactl plan`."""
+"""`llamactl plan`: the memory plan for a model on this machine (or another, with --vram/--ram)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Optional
+
 import typer
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli.options import AcceptLicenseOpt, CtxOpt, GpuLayersOpt, JsonOpt, ModelArg
+
+VramOpt = Annotated[Optional[str], typer.Option(
+    "--vram", help="GPU memory to plan for, replacing detection (80GiB, 24GB, 0 for none).")]
+RamOpt = Annotated[Optional[str], typer.Option(
+    "--ram", help="System RAM to plan for, replacing detection (256GiB, 64GB).")]
+KvTypeOpt = Annotated[str, typer.Option(
+    "--kv-type", help="KV cache type: f16, q8_0 or q4_0 (quantized types need --flash-attn).")]
+FlashOpt = Annotated[bool, typer.Option("--flash-attn", help="Plan for flash attention.")]
+CpuMoeOpt = Annotated[Optional[int], typer.Option(
+    "--cpu-moe", help="Keep the MoE experts of the first N layers in CPU memory.", min=0)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Logical batch size.", min=1)]
+UbatchOpt = Annotated[int, typer.Option("--ubatch-size", "-ub", help="Physical (micro) batch size.", min=1)]
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "plan", "Show the memory plan: what goes on the GPU and in RAM.")
+def parse_gpu_layers(value: str | None) -> int | None:
+    """'auto' -> None (the plan decides); a number (-1: all)."""
+    from llamactl.errors import UsageError
+
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"--gpu-layers takes a number or 'auto', not {value!r}") from None
+    if n < -1:
+        raise UsageError("--gpu-layers must be -1 (all), 0 or more, or 'auto'")
+    return n
+
+
+def _row(label: str, gpu: int | str, cpu: int | str) -> str:
+    from llamactl.fsutil import human_bytes
+
+    g = human_bytes(gpu) if isinstance(gpu, int) else gpu
+    c = human_bytes(cpu) if isinstance(cpu, int) else cpu
+    return f"  {label:<22}{g:>12}  {c:>12}"
+
+
+def _layers_text(layers: list[int]) -> str:
+    if not layers:
+        return "none"
+    runs: list[str] = []
+    start = prev = layers[0]
+    for i in layers[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(runs)
+
+
+def render(plan: Any, model_ref: str) -> list[str]:
+    from pathlib import Path
+
+    from llamactl.fsutil import human_bytes
+
+    lines = [
+        f"model     {Path(plan.model).name} ({plan.architecture}, {plan.n_layers} layers)",
+        f"machine   GPU {human_bytes(plan.vram)} ({plan.devices_source}), "
+        f"RAM {human_bytes(plan.ram)}, margin {human_bytes(plan.margin)}",
+        f"plan      {plan.strategy}: {plan.n_gpu_layers}/{plan.n_layers + 1} layers on the GPU"
+        f"{' (output layer included)' if plan.output_on_gpu else ''}, ctx {plan.n_ctx}, "
+        f"KV {plan.kv_type}{', flash attention' if plan.flash_attn else ''}",
+    ]
+    if plan.expert_layers_on_cpu:
+        lines.append(f"experts   in RAM for layers {_layers_text(plan.expert_layers_on_cpu)}")
+        for p in plan.cpu_tensor_patterns:
+            lines.append(f"          -ot \"{p}=CPU\"")
+    lines.append("")
+    lines.append(_row("", "GPU", "RAM"))
+    g, c = plan.gpu, plan.cpu
+    lines.append(_row("weights", g.get("weights", 0), c.get("weights", 0)))
+    if g.get("output_copy"):
+        lines.append(_row("output (tied copy)", g["output_copy"], "-"))
+    lines.append(_row("KV cache", g.get("kv_cache", 0), c.get("kv_cache", 0)))
+    lines.append(_row("compute (estimate)", g.get("compute", 0), c.get("compute", 0)))
+    lines.append(_row("CUDA overhead (est.)", g.get("overhead", 0), "-"))
+    lines.append(_row("total", g.get("total", 0), c.get("total", 0)))
+    lines.append(f"  model weights, all devices: {human_bytes(plan.weights_total)} "
+                 f"({plan.weights_total} bytes)")
+    args = [f"--gpu-layers {plan.n_gpu_layers}", f"--ctx {plan.n_ctx}"]
+    if plan.cpu_moe:
+        args.append(f"--cpu-moe {plan.cpu_moe}")
+    if plan.fits:
+        lines.append("")
+        lines.append(f"run       llamactl chat {model_ref} {' '.join(args)}")
+    return lines
+
+
+def register(app: Any) -> None:
+    @app.command("plan", help="Show the memory plan: what goes on the GPU and in RAM, at which "
+                              "context. --vram/--ram plan for another machine.")
+    def plan_cmd(
+        model: ModelArg,
+        ctx: CtxOpt = None,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        kv_type: KvTypeOpt = "f16",
+        flash_attn: FlashOpt = False,
+        gpu_layers: GpuLayersOpt = "auto",
+        cpu_moe: CpuMoeOpt = None,
+        batch_size: BatchOpt = 512,
+        ubatch_size: UbatchOpt = 512,
+        accept_license: AcceptLicenseOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        from llamactl import offload
+        from llamactl.cli import output
+        from llamactl.errors import InsufficientResources, UsageError
+
+        # flags first, before any slow work
+        vram_bytes = offload.parse_size(vram) if vram is not None else None
+        ram_bytes = offload.parse_size(ram) if ram is not None else None
+        ngl = parse_gpu_layers(gpu_layers)
+        kv = kv_type.lower()
+        if kv not in offload.KV_TYPES:
+            raise UsageError(f"unknown --kv-type {kv_type!r}", hint="use f16, q8_0 or q4_0")
+        if offload.KV_TYPES[kv][0] > 1 and not flash_attn:
+            raise UsageError(f"--kv-type {kv} needs --flash-attn (llama.cpp cannot use a "
+                             "quantized V cache without it)")
+
+        from llamactl.cli.pull import ensure_model_file
+
+        path = ensure_model_file(model, accept_license=accept_license, quiet=as_json)
+        try:
+            result = offload.plan_for_model(
+                path, ctx=ctx, vram=vram_bytes, ram=ram_bytes, kv_type=kv, flash_attn=flash_attn,
+                n_batch=batch_size, n_ubatch=ubatch_size, gpu_layers=ngl, cpu_moe=cpu_moe)
+        except InsufficientResources as exc:
+            refused = getattr(exc, "plan", None)
+            if refused is not None:
+                if as_json:
+                    output.json_doc(refused.to_dict())
+                else:
+                    for line in render(refused, model):
+                        output.data(line)
+            raise
+        if as_json:
+            output.json_doc(result.to_dict())
+        else:
+            for line in render(result, model):
+                output.data(line)
+        for w in result.warnings:
+            output.warn(w)
