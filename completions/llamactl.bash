@@ -24,7 +24,7 @@ _llamactl() {
             ;;
         convert)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--force --help --json --name --output --outtype --quiet -o -q" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -77,7 +77,7 @@ _llamactl() {
             ;;
         quantize)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--help" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--allow-requantize --dry-run --force --help --imatrix --json --leave-output-tensor --output --pure --quiet --threads -o -q -t" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

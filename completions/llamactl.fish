@@ -66,8 +66,16 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -o ngl
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o s
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o t
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o v
-complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a safetensors checkpoint to GGUF. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a Hugging Face safetensors checkpoint folder (Llama 3.x) to GGUF. Prints the output path. Quantize it afterwards with `llamactl quantize`.'
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l force
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l name
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l output
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l outtype
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l quiet
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -o o
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -o q
 complete -c llamactl -f -n '__fish_use_subcommand' -a doctor -d 'Check this machine: versions, GPU support, devices and their memory, disk, paths.'
 complete -c llamactl -n '__fish_seen_subcommand_from doctor' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from doctor' -l json
@@ -113,8 +121,21 @@ complete -c llamactl -n '__fish_seen_subcommand_from pull' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quiet
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l revision
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -o q
-complete -c llamactl -f -n '__fish_use_subcommand' -a quantize -d 'Quantize a GGUF model with llama.cpp. (not built yet)'
+complete -c llamactl -f -n '__fish_use_subcommand' -a quantize -d 'Quantize a GGUF with llama.cpp. SRC is a .gguf file (output beside it, or -o) or a registered model (the result is registered as MODEL:TYPE). TYPE: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, Q2_K, IQ4_XS, IQ4_NL, BF16, F16 ... (case-insensitive; IQ1_*, IQ2_*, IQ3_XXS and Q2_K_S need --imatrix). Prints the output path.'
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l allow-requantize
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l dry-run
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l force
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l imatrix
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l leave-output-tensor
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l output
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l pure
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l quiet
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l threads
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -o o
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -o q
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -o t
 complete -c llamactl -f -n '__fish_use_subcommand' -a rm -d 'Remove a model from this machine (plan, confirm, delete; Hub cache files another model uses are kept).'
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -l dry-run
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -l help

@@ -325,3 +325,84 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
         requantized=bool(quantized),
         imatrix=str(imatrix) if imatrix else None,
     )
+
+
+# ------------------------------------------------------------------ registered models
+
+def find_registered(ref: str) -> dict[str, Any] | None:
+    """The registry entry a name or reference means (no network)."""
+    from llamactl import hub, refs, registry
+
+    entry = registry.get(ref.strip())
+    if entry is not None:
+        return entry
+    try:
+        parsed = refs.parse(ref)
+    except LlamactlError:
+        return None
+    return hub.registered_for(parsed)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 * 1024 * 1024), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def register_quantized(result: QuantizeResult, model: str, *, license: str | None = None,
+                       provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register a quantized file as MODEL:TYPE (lower-case tag), source "local"."""
+    from llamactl import registry
+
+    assert result.path is not None
+    tag = result.qtype.lower()
+    entry = {
+        "name": f"{model}:{tag}",
+        "model": model,
+        "tag": tag,
+        "source": "local",
+        "repo": None,
+        "revision": None,
+        "requested_revision": None,
+        "files": [{"filename": result.path.name, "path": str(result.path), "blob": None,
+                   "size": result.bytes, "sha256": _sha256(result.path)}],
+        "path": str(result.path),
+        "size": result.bytes,
+        "license": license,
+        "pulled_at": registry.now(),
+        **(provenance or {}),
+    }
+    return registry.put(entry)
+
+
+def quantize_registered(ref: str, qtype: str, **options: Any) -> tuple[QuantizeResult, dict[str, Any] | None]:
+    """Quantize a registered model into llamactl's models folder and register the result
+    as MODEL:TYPE. `options` as for quantize_gguf (dry_run registers nothing)."""
+    from llamactl import paths, registry
+
+    name = normalize_type(qtype)
+    entry = find_registered(ref)
+    if entry is None:
+        raise NotFound(f"{ref!r} is not on this machine and is not a .gguf file",
+                       hint="see `llamactl list`, or pass the path of a .gguf file")
+    src = Path(entry["path"])
+    if not src.exists():
+        raise NotFound(f"the file of {entry['name']} is gone: {src}",
+                       hint=f"pull it again, or remove it: `llamactl rm {entry['name']}`")
+    model = entry.get("model") or entry["name"].split(":")[0]
+    new_name = f"{model}:{name.lower()}"
+    if registry.get(new_name) is not None and not options.get("dry_run"):
+        raise LlamactlError(f"{new_name} is already on this machine",
+                            hint=f"remove it first: `llamactl rm {new_name}`")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+    out = paths.ensure(paths.models_dir() / safe) / f"{safe}-{name}.gguf"
+    result = quantize_gguf(src, out, name, **options)
+    if result.dry_run:
+        return result, None
+    new = register_quantized(result, model, license=entry.get("license"),
+                             provenance={"quantized_from": entry["name"]})
+    return result, new

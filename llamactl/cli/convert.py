@@ -1,11 +1,101 @@
-"""`llamactl convert`."""
+"""`llamactl convert`: a safetensors checkpoint folder -> GGUF."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli import output
+from llamactl.cli.options import JsonOpt, QuietOpt
+
+OUTTYPES = ("f32", "f16", "bf16")
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "convert", "Convert a safetensors checkpoint to GGUF.")
+class Progress:
+    """Tensors and bytes on stderr: a bar on a terminal, a line per ~10% otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.count = 0
+        self.next_pct = 10
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from llamactl.fsutil import human_bytes
+
+        self.count += 1
+        if output.stderr_is_tty():
+            if self._bar is None:
+                from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TextColumn
+
+                self._bar = Bar(TextColumn("converting"), BarColumn(), DownloadColumn(),
+                                TextColumn("{task.fields[tensor]}"), console=output.stderr_console(),
+                                transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("convert", total=total, tensor="")
+            self._bar.update(self._task, completed=done, tensor=f"{self.count} tensors  {name}")
+            return
+        pct = 100 * done // max(1, total)
+        if pct >= self.next_pct or done == total:
+            output.info(f"converting: {self.count} tensors, {human_bytes(done)} of {human_bytes(total)} ({pct}%)")
+            self.next_pct = (pct // 10 + 1) * 10
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def register(app: Any) -> None:
+    @app.command(
+        "convert",
+        help="Convert a Hugging Face safetensors checkpoint folder (Llama 3.x) to GGUF. "
+             "Prints the output path. Quantize it afterwards with `llamactl quantize`.",
+    )
+    def convert_cmd(
+        src: Annotated[Path, typer.Argument(help="Checkpoint folder: config.json, *.safetensors, "
+                                                 "tokenizer.json, tokenizer_config.json.",
+                                            show_default=False)],
+        out: Annotated[Optional[Path], typer.Option(
+            "--output", "-o", help="Output .gguf file (default: FOLDER-OUTTYPE.gguf in the current folder).")] = None,
+        outtype: Annotated[Optional[str], typer.Option(
+            "--outtype", help="f32, f16 or bf16 (default: bf16 for a bf16 checkpoint, else f16).")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="general.name written in the GGUF.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+        as_json: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from llamactl.errors import LlamactlError, UsageError
+
+        if outtype is not None and outtype.lower() not in OUTTYPES:
+            raise UsageError(f"unknown --outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}",
+                             hint="quantized types come from `llamactl quantize` after converting")
+        if out is not None and out.suffix.lower() != ".gguf":
+            raise UsageError(f"the output should end in .gguf: {out}")
+        from llamactl.convert import convert_checkpoint, resolve_output
+
+        target = resolve_output(src, out, outtype)
+        if target.exists() and not force:
+            raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
+        progress = Progress(quiet or as_json)
+        try:
+            result = convert_checkpoint(src, target, outtype=outtype, progress=progress,
+                                        **({"name": name} if name else {}))
+        finally:
+            progress.close()
+        if as_json:
+            output.json_doc(result.to_dict())
+            return
+        if not quiet:
+            from llamactl.fsutil import human_bytes
+
+            output.info(f"converted {src} ({result.model_type}, {result.source_dtype}) to {result.outtype}: "
+                        f"{result.n_tensors} tensors, {result.n_params:,} parameters, "
+                        f"{human_bytes(result.bytes)} in {result.seconds:.1f} s")
+            output.hint(f"quantize it: `llamactl quantize {result.path} Q4_K_M`")
+        output.data(str(result.path))

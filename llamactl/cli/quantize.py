@@ -1,11 +1,98 @@
-"""`llamactl quantize`."""
+"""`llamactl quantize`: a GGUF (a file or a registered model) -> a quantized GGUF."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
 
-from llamactl.cli.stub import register_stub
+from llamactl.cli import output
+from llamactl.cli.options import DryRunOpt, JsonOpt, QuietOpt, ThreadsOpt
 
 
-def register(app: typer.Typer) -> None:
-    register_stub(app, "quantize", "Quantize a GGUF model with llama.cpp.")
+def _is_file_ref(src: str) -> bool:
+    from llamactl.refs import looks_like_path
+
+    return looks_like_path(src) or Path(src).is_file()
+
+
+def register(app: Any) -> None:
+    @app.command(
+        "quantize",
+        help="Quantize a GGUF with llama.cpp. SRC is a .gguf file (output beside it, or -o) or a "
+             "registered model (the result is registered as MODEL:TYPE). TYPE: Q8_0, Q6_K, Q5_K_M, "
+             "Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, Q2_K, IQ4_XS, IQ4_NL, BF16, F16 ... "
+             "(case-insensitive; IQ1_*, IQ2_*, IQ3_XXS and Q2_K_S need --imatrix). Prints the output path.",
+    )
+    def quantize_cmd(
+        src: Annotated[str, typer.Argument(help="A .gguf file (first part of a split model) or a registered model.",
+                                           show_default=False)],
+        qtype: Annotated[str, typer.Argument(metavar="TYPE", help="Quantization type, e.g. Q4_K_M.",
+                                             show_default=False)],
+        out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gguf file (file sources only).")] = None,
+        imatrix: Annotated[Optional[Path], typer.Option(
+            "--imatrix", help="Importance matrix (GGUF or legacy .dat) to guide quantization.")] = None,
+        allow_requantize: Annotated[bool, typer.Option(
+            "--allow-requantize", help="Quantize an already-quantized GGUF (loses more quality).")] = False,
+        threads: ThreadsOpt = None,
+        leave_output_tensor: Annotated[bool, typer.Option(
+            "--leave-output-tensor", help="Keep output.weight unquantized (larger, a little better).")] = False,
+        pure: Annotated[bool, typer.Option("--pure", help="Every tensor in TYPE: no K-quant mixture.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+        dry_run: DryRunOpt = False,
+        as_json: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from llamactl import quantize
+        from llamactl.errors import LlamactlError, NotFound, UsageError
+
+        name = quantize.normalize_type(qtype)   # exit 2 before any work
+        if name in quantize.NEEDS_IMATRIX and imatrix is None:
+            raise UsageError(f"{name} needs an importance matrix: llama.cpp refuses it without one",
+                             hint="pass --imatrix FILE (the imatrix published beside the GGUF quants), "
+                                  "or choose Q4_K_M / IQ4_XS")
+        if imatrix is not None and not imatrix.is_file():
+            raise NotFound(f"imatrix file not found: {imatrix}")
+        if out is not None and out.suffix.lower() != ".gguf":
+            raise UsageError(f"the output should end in .gguf: {out}")
+        options = dict(imatrix=imatrix, allow_requantize=allow_requantize, threads=threads,
+                       leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run)
+        entry = None
+        if _is_file_ref(src):
+            path = Path(src).expanduser()
+            if not path.is_file():
+                raise NotFound(f"no such file: {path}")
+            target = out or quantize.default_output(path, name)
+            if target.exists() and not force and not dry_run:
+                raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
+            if not quiet and not as_json:
+                output.info(f"quantizing {path.name} to {name} ...")
+            result = quantize.quantize_gguf(path, target, name, **options)
+        else:
+            if out is not None:
+                raise UsageError("-o applies to .gguf files; a registered model's result goes to llamactl's "
+                                 "models folder", hint=f"quantize the file instead: `llamactl show {src}`")
+            if not quiet and not as_json:
+                output.info(f"quantizing {src} to {name} ...")
+            result, entry = quantize.quantize_registered(src, name, **options)
+
+        from llamactl.fsutil import human_bytes
+
+        if as_json:
+            doc = result.to_dict()
+            if entry is not None:
+                doc["registered"] = entry["name"]
+            output.json_doc(doc)
+            return
+        if result.dry_run:
+            if not quiet:
+                output.info(f"dry run: {name} would write about {human_bytes(result.bytes)} of tensors "
+                            f"({result.bits_per_weight:.2f} bits per weight); nothing written")
+            output.data(str(result.bytes))
+            return
+        if not quiet:
+            note = f", registered as {entry['name']}" if entry else ""
+            output.info(f"{name}: {human_bytes(result.source_bytes)} -> {human_bytes(result.bytes)} "
+                        f"({result.bits_per_weight:.2f} bits per weight) in {result.seconds:.1f} s{note}")
+        output.data(str(result.path))

@@ -62,6 +62,23 @@ def _unsupported(model_type: str) -> LlamactlError:
                          hint="convert a checkpoint of a supported architecture, or pull a ready GGUF")
 
 
+def resolve_output(src_dir: Path, out_path: Path | None, outtype: str | None) -> Path:
+    """The output path: `out_path`, or FOLDER-OUTTYPE.gguf in the current folder (the
+    default output type read from the checkpoint's shard headers)."""
+    if out_path is not None:
+        return Path(out_path)
+    from llamactl.convert import common
+
+    src_dir = Path(src_dir)
+    config = common.read_config(src_dir)
+    model_type = str(config.get("model_type", ""))
+    if not _available(model_type):
+        raise _unsupported(model_type)
+    chosen = outtype.lower() if outtype else common.default_outtype(common.open_checkpoint(src_dir, config))
+    name = src_dir.resolve().name or "model"
+    return Path.cwd() / f"{name}-{chosen}.gguf"
+
+
 def convert_checkpoint(src_dir: Path, out_path: Path, outtype: str | None = None,
                        progress: Callable[[str, int, int], None] | None = None,
                        **options: Any) -> ConvertResult:
