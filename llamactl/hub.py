@@ -412,9 +412,6 @@ def _fetch_blob(repo: str, commit: str, rf: RemoteFile, progress: DownloadProgre
         url = hf_hub_url(repo, rf.filename, revision=commit, endpoint=endpoint())
         with hub_errors(repo, rf.filename):
             meta = file_download.get_hf_file_metadata(url, endpoint=endpoint(), retry_on_errors=True)
-        if meta.etag and meta.etag != etag and rf.sha256:
-            raise IntegrityError(f"the Hub reports sha256 {meta.etag} for {rf.filename}, but the "
-                                 f"listing said {etag}", hint="run the pull again")
         size = rf.size if rf.size is not None else meta.size
         headers = build_hf_headers()
         location = meta.location or url

@@ -117,9 +117,9 @@ def _rm_plan(entry: dict[str, Any]) -> tuple[list[tuple[Path, int]], list[tuple[
                 keep.append((blob, users))
             elif blob.exists():
                 delete.append((blob, blob.stat().st_size))
-            if pointer.is_symlink() or pointer.exists():
-                if not users:
-                    delete.append((pointer, 0 if pointer.is_symlink() else pointer.stat().st_size))
+            pointer_users = registry.users_of(str(pointer), exclude=entry["name"])
+            if (pointer.is_symlink() or pointer.exists()) and not pointer_users:
+                delete.append((pointer, 0 if pointer.is_symlink() else pointer.stat().st_size))
         elif pointer.exists():
             try:
                 inside = pointer.resolve().is_relative_to(models_dir)

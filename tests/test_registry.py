@@ -1,0 +1,129 @@
+"""The local registry (`list`, `show`, `rm`): atomic writes, shared blobs, confirmation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+ONE_B = "bartowski/Llama-3.2-1B-Instruct-GGUF"
+
+WRITER = r"""
+import sys
+from llamactl import registry
+i = 0
+while True:
+    i += 1
+    registry.put({"name": f"m{i % 50}", "model": "m", "tag": None, "source": "local",
+                  "files": [{"filename": "x", "path": "/nowhere/" + "p" * 4000, "size": i}],
+                  "path": "/nowhere", "size": i, "note": "x" * (20000 + i % 7919)})
+    if i == 5:
+        print("writing", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_registry_survives_a_process_killed_mid_write(cli, isolated_home):
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER], cwd=REPO, stdout=subprocess.PIPE,
+                                env=dict(os.environ))
+        assert proc.stdout.readline().strip() == b"writing"
+        time.sleep(0.15 + 0.1 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        path = isolated_home / "data" / "registry.json"
+        doc = json.loads(path.read_text())  # never torn
+        assert doc["models"]
+        listed = cli("list", "--json")
+        assert listed.returncode == 0, listed.err
+        assert len(json.loads(listed.out)) == len(doc["models"])
+    # A later write cleans up the temporary files killed writers left behind.
+    from llamactl import registry
+
+    registry.put({"name": "last", "files": [], "path": "/x", "size": 0})
+    assert list((isolated_home / "data").glob(".registry.json.*.tmp")) == []
+
+
+@pytest.fixture
+def two_quants_sharing_a_blob(cli, hubsim, small_gguf, tmp_path):
+    """Q4_K_M and Q8_0 with identical bytes (one blob in the HF cache), and an F16."""
+    same = small_gguf(tmp_path / "same.gguf", tensor_bytes=8192)[0]
+    f16 = small_gguf(tmp_path / "f16.gguf", tensor_bytes=4096 * 3)[0]
+    hubsim.add_repo(ONE_B, {"Llama-3.2-1B-Instruct-Q4_K_M.gguf": same,
+                            "Llama-3.2-1B-Instruct-Q8_0.gguf": same,
+                            "Llama-3.2-1B-Instruct-F16.gguf": f16}, license="llama3.2")
+    entries = {}
+    for tag in ("q4_k_m", "q8_0", "f16"):
+        proc = cli("pull", f"1b:{tag}", "--accept-license", "--json")
+        assert proc.returncode == 0, proc.err
+        entries[tag] = json.loads(proc.out)
+    assert entries["q4_k_m"]["files"][0]["blob"] == entries["q8_0"]["files"][0]["blob"]
+    return entries
+
+
+def test_list_shows_what_was_pulled(cli, two_quants_sharing_a_blob):
+    listed = json.loads(cli("list", "--json").out)
+    assert [e["name"] for e in listed] == ["llama3.2-1b:f16", "llama3.2-1b:q4_k_m", "llama3.2-1b:q8_0"]
+    plain = cli("list")
+    assert plain.returncode == 0
+    assert plain.out.splitlines()[0].split()[:2] == ["NAME", "SIZE"]
+    assert "llama3.2-1b:q8_0" in plain.out
+
+
+def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):
+    q4, q8 = two_quants_sharing_a_blob["q4_k_m"], two_quants_sharing_a_blob["q8_0"]
+    blob = Path(q4["files"][0]["blob"])
+    proc = cli("rm", "1b:q4_k_m", "--yes")
+    assert proc.returncode == 0, proc.err
+    assert blob.exists()
+    assert not Path(q4["path"]).is_symlink()  # its snapshot link is gone
+    assert Path(q8["path"]).is_file()
+    assert "keep" in proc.err and "llama3.2-1b:q8_0" in proc.err
+    names = [e["name"] for e in json.loads(cli("list", "--json").out)]
+    assert names == ["llama3.2-1b:f16", "llama3.2-1b:q8_0"]
+    proc = cli("rm", "llama3.2-1b:q8_0", "--yes")
+    assert proc.returncode == 0, proc.err
+    assert not blob.exists()  # the last user is gone: the blob goes too
+
+
+def test_rm_refuses_to_prompt_without_a_terminal_and_dry_run_changes_nothing(cli, two_quants_sharing_a_blob):
+    f16 = two_quants_sharing_a_blob["f16"]
+    refused = cli("rm", "1b:f16")
+    assert refused.returncode == 2
+    assert "--yes" in refused.err
+    dry = cli("rm", "1b:f16", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.err
+    plan = json.loads(dry.out)
+    assert f16["files"][0]["blob"] in plan["delete"]
+    assert plan["frees_bytes"] == f16["size"]
+    assert Path(f16["path"]).is_file()
+    assert len(json.loads(cli("list", "--json").out)) == 3
+    missing = cli("rm", "1b:q5_k_m", "--yes")
+    assert missing.returncode == 4
+
+
+def test_show_reads_the_gguf_header(cli, two_quants_sharing_a_blob, small_gguf, tmp_path):
+    proc = cli("show", "1b", "--json")
+    assert proc.returncode == 0, proc.err
+    doc = json.loads(proc.out)
+    assert doc["architecture"] == "llama"
+    assert doc["context_length"] == 2048 and doc["block_count"] == 2
+    assert doc["has_chat_template"] is True
+    assert doc["license_family"] == "llama3.2" and doc["license_accepted"] is True
+    assert doc["registry"]["name"] == "llama3.2-1b:q4_k_m"
+    text = cli("show", "1b")
+    assert "architecture" in text.out and "llama" in text.out
+    local = small_gguf(tmp_path / "loose.gguf", license="llama3.3")[0]
+    loose = json.loads(cli("show", str(local), "--json").out)
+    assert loose["license_family"] == "llama3.3"  # from general.license
+    absent = cli("show", "scout")
+    assert absent.returncode == 4
+    assert "llamactl pull scout" in absent.err
