@@ -53,6 +53,17 @@ def resolve_model(ref: str, *, accept_license: bool, quiet: bool) -> Path:
                    hint="give the path of a .gguf file")
 
 
+def _stdout_to_devnull() -> None:
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def register(app) -> None:
     @app.command("chat", help=(
         "Chat with a model. On a terminal: an interactive REPL (/help lists its commands). "
@@ -150,8 +161,13 @@ def register(app) -> None:
                 raise typer.Exit(code)
             from llamactl.chat.oneshot import run_oneshot
 
-            doc = run_oneshot(engine, conv, message, sampling, model_name=model, json_out=json_out,
-                              notice=output.note)
+            try:
+                doc = run_oneshot(engine, conv, message, sampling, model_name=model,
+                                  json_out=json_out, notice=output.note)
+            except BrokenPipeError:
+                # stdout's reader went away (`| head -c 20`): stop generating, end quietly
+                _stdout_to_devnull()
+                raise typer.Exit(0) from None
             if verbose:
                 t = doc["timings"]
                 u = doc["usage"]
