@@ -237,3 +237,184 @@ def test_meta_style_config_gives_the_same_file(llama4_gguf_factory):
 def test_sharded_checkpoint_converts_identically(llama4_gguf_factory):
     _same_gguf(llama4_gguf_factory("maverick", "f32"),
                llama4_gguf_factory("maverick", "f32", max_shard_size="3MB"))
+
+
+TOKENIZER_STRINGS = [
+    "Hello, world!",
+    "They'll say it's fine; we'd rather you'd checked. I'M SURE THEY'VE MISSED IT.",
+    "TheQuickBrownFox uses XMLHttpRequest and getElementById in HTTPServerError handlers.",
+    "Café, naïve, résumé, jalapeño, Zürich, Kraków, façade, déjà vu.",
+    "日本語のテキスト。中文：你好，世界！한국어 문장. Русский текст.",
+    "Emoji 🦙🚀✨ 👍🏽 🇫🇷 and ❤️ in chat.",
+    "Numbers 1234567 3.14159 1,000,000 2024-07-23 09:30:00",
+    "Whitespace    runs   and\ttabs\t\tand\n\nblank lines\n\n\n  indented",
+    "def f(x):\n    return x ** 2  # square\n",
+    "<|begin_of_text|><|header_start|>user<|header_end|>\n\nHi there<|eot|>",
+    "   leading spaces and trailing   ",
+    "",
+]
+# strings whose pieces can differ between Llama 4's split rule and Llama 3's
+SPLIT_RULE_STRINGS = [
+    "TheQuickBrownFox uses XMLHttpRequest and getElementById in HTTPServerError handlers.",
+    "They'll say it's fine; we'd rather you'd checked. I'M SURE THEY'VE MISSED IT.",
+]
+
+
+def _hf_tokenizer(ckpt):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ckpt)
+
+
+def _llama_ids(llm, text: str) -> list[int]:
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def test_tokenizer_matches_transformers(llama4_checkpoint_factory, llama4_gguf_factory):
+    ckpt = llama4_checkpoint_factory("scout")
+    tok = _hf_tokenizer(ckpt)
+    llm = load_llama(llama4_gguf_factory("scout", "f32"), vocab_only=True)
+    try:
+        for text in TOKENIZER_STRINGS:
+            assert _llama_ids(llm, text) == tok.encode(text, add_special_tokens=False), text
+        # BOS is added as transformers adds it
+        assert llm.tokenize(b"Hi", add_bos=True, special=True) == tok.encode("Hi")
+        # the special tokens are single control tokens, and <|eot|> ends a turn
+        eot = tok.convert_tokens_to_ids("<|eot|>")
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        assert llama_cpp.llama_vocab_eot(vocab) == eot
+        for end in ("<|eot|>", "<|eom|>", "<|end_of_text|>"):
+            assert llama_cpp.llama_vocab_is_eog(vocab, tok.convert_tokens_to_ids(end)), end
+        assert _llama_ids(llm, "<|header_start|>") == [tok.convert_tokens_to_ids("<|header_start|>")]
+    finally:
+        llm.close()
+    meta, _ = read_meta(llama4_gguf_factory("scout", "f32"))
+    types = meta["tokenizer.ggml.token_type"]
+    for special in ("<|begin_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>"):
+        assert types[tok.convert_tokens_to_ids(special)] == 3  # CONTROL
+    assert meta["tokenizer.ggml.bos_token_id"] == tok.convert_tokens_to_ids("<|begin_of_text|>")
+    assert meta["tokenizer.ggml.eos_token_id"] == eot
+    assert meta["tokenizer.ggml.eom_token_id"] == tok.convert_tokens_to_ids("<|eom|>")
+    # the embedding is padded past the tokenizer (as Scout's 202048 rows for 201135 tokens)
+    assert len(meta["tokenizer.ggml.tokens"]) > len(tok)
+    assert all(t == 5 for t in types[len(tok):])  # UNUSED
+
+
+def test_pre_tokenizer_name_matters(llama4_checkpoint_factory, tmp_path, monkeypatch):
+    """Written as `llama-bpe` (Llama 3's rule), the same vocabulary tokenizes the kit's
+    CamelCase and contraction strings differently: the tokenizer test has teeth."""
+    import llamactl.convert.llama4 as l4
+    from llamactl.convert import convert_checkpoint
+
+    ckpt = llama4_checkpoint_factory("maverick")
+    tok = _hf_tokenizer(ckpt)
+    monkeypatch.setattr(l4, "PRE_TOKENIZER", "llama-bpe")
+    out = tmp_path / "wrong-pre.gguf"
+    convert_checkpoint(ckpt, out, outtype="f32")
+    llm = load_llama(out, vocab_only=True)
+    try:
+        wrong = [_llama_ids(llm, s) != tok.encode(s, add_special_tokens=False) for s in SPLIT_RULE_STRINGS]
+    finally:
+        llm.close()
+    assert any(wrong)  # contractions: Llama 3's rule splits "'ll" off, Llama 4's keeps "They'll"
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "  What's the capital of France?  "},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Japan? 日本"},
+]
+
+
+def test_chat_template_renders_like_transformers(llama4_checkpoint_factory, llama4_gguf_factory):
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    ckpt = llama4_checkpoint_factory("scout")
+    expected = _hf_tokenizer(ckpt).apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    meta, _ = read_meta(llama4_gguf_factory("scout", "f32"))
+    template = meta["tokenizer.chat_template"]
+    tokens = meta["tokenizer.ggml.tokens"]
+    # what llama-cpp-python's chat completion renders from the GGUF
+    formatter = Jinja2ChatFormatter(template, eos_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
+                                    bos_token=tokens[meta["tokenizer.ggml.bos_token_id"]])
+    assert formatter(messages=CONVERSATION).prompt == expected
+    # llama.cpp's own renderer recognises the template as Llama 4's (it leaves BOS to the
+    # tokenizer)
+    msgs = (llama_cpp.llama_chat_message * len(CONVERSATION))(
+        *[llama_cpp.llama_chat_message(m["role"].encode(), m["content"].encode()) for m in CONVERSATION])
+    buf = ctypes.create_string_buffer(8192)
+    n = llama_cpp.llama_chat_apply_template(template.encode(), msgs, len(CONVERSATION), True, buf, len(buf))
+    assert n > 0
+    assert "<|begin_of_text|>" + buf.raw[:n].decode() == expected
+
+
+def _copy_with_config(src, dst, edit):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    edit(cfg["text_config"] if "text_config" in cfg else cfg, cfg)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("edit,exc_name,words", [
+    # llama.cpp applies the QK norm by expert count (off only with 128 experts)
+    (lambda tc, cfg: tc.update(use_qk_norm=False), "LlamactlError", "QK norm"),
+    (lambda tc, cfg: tc.update(moe_layers=[0, 2]), "LlamactlError", "interleave step"),
+    (lambda tc, cfg: tc.update(no_rope_layers=[1, 1, 1, 1]), "LlamactlError", "no-RoPE"),
+    (lambda tc, cfg: tc.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+     "LlamactlError", "yarn"),
+    (lambda tc, cfg: tc.update(intermediate_size=128), "IntegrityError", "does not match"),
+    (lambda tc, cfg: cfg.update(quantization_config={"quant_method": "fbgemm_fp8"}), "LlamactlError", "quantized"),
+])
+def test_unrepresentable_or_inconsistent_checkpoints_fail_cleanly(edit, exc_name, words, llama4_checkpoint_factory,
+                                                                  tmp_path):
+    import llamactl.errors as errors
+    from llamactl.convert import convert_checkpoint
+
+    bad = _copy_with_config(llama4_checkpoint_factory("scout"), tmp_path / "bad", edit)
+    out = tmp_path / "out" / "model.gguf"
+    with pytest.raises(errors.LlamactlError) as info:
+        convert_checkpoint(bad, out, outtype="f32")
+    assert type(info.value).__name__ == exc_name
+    assert words in str(info.value)
+    assert not out.exists()
+    assert not any(out.parent.glob("*")) if out.parent.exists() else True
+
+
+def test_missing_expert_tensor_fails_with_no_output(llama4_checkpoint_factory, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    import llamactl.errors as errors
+    from llamactl.convert import convert_checkpoint
+
+    bad = _copy_with_config(llama4_checkpoint_factory("maverick"), tmp_path / "bad", lambda tc, cfg: None)
+    shard = next(bad.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    del tensors["language_model.model.layers.3.feed_forward.experts.down_proj"]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    out = tmp_path / "model.gguf"
+    with pytest.raises(errors.IntegrityError, match="layers.3.feed_forward.experts.down_proj"):
+        convert_checkpoint(bad, out, outtype="f32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_unsupported_model_type_names_llama4_as_supported(llama4_checkpoint_factory, tmp_path):
+    import llamactl.errors as errors
+    from llamactl.convert import convert_checkpoint
+
+    bad = _copy_with_config(llama4_checkpoint_factory("scout"), tmp_path / "bad",
+                            lambda tc, cfg: cfg.update(model_type="mixtral"))
+    with pytest.raises(errors.LlamactlError) as info:
+        convert_checkpoint(bad, tmp_path / "m.gguf")
+    assert info.value.exit_code == 1
+    assert "mixtral" in str(info.value) and "llama4" in str(info.value)
+    assert not (tmp_path / "m.gguf").exists()
