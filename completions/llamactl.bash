@@ -77,7 +77,7 @@ _llamactl() {
             ;;
         quantize)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--allow-requantize --dry-run --force --help --imatrix --json --leave-output-tensor --output --pure --quiet --threads -o -q -t" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--allow-requantize --dry-run --force --help --imatrix --json --leave-output-tensor --output --pure --quiet --split-max-size --threads -o -q -t" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

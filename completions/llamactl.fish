@@ -132,6 +132,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l leave-output-t
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l output
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l pure
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l quiet
+complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l split-max-size
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l threads
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -o o
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -o q

@@ -40,6 +40,10 @@ def register(app: Any) -> None:
             "--leave-output-tensor", help="Keep output.weight unquantized (larger, a little better).")] = False,
         pure: Annotated[bool, typer.Option("--pure", help="Every tensor in TYPE: no K-quant mixture.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+        split_max_size: Annotated[Optional[str], typer.Option(
+            "--split-max-size", help="Write parts of at most this size (48G, 2000M ...) named "
+                                     "NAME-00001-of-0000N.gguf, as the Hub's 50 GB file limit needs; "
+                                     "llama.cpp loads them from the first part (file sources only).")] = None,
         dry_run: DryRunOpt = False,
         as_json: JsonOpt = False,
         quiet: QuietOpt = False,
@@ -56,6 +60,14 @@ def register(app: Any) -> None:
             raise NotFound(f"imatrix file not found: {imatrix}")
         if out is not None and out.suffix.lower() != ".gguf":
             raise UsageError(f"the output should end in .gguf: {out}")
+        split_limit = None
+        if split_max_size is not None:
+            from llamactl.gguf_split import parse_size
+
+            split_limit = parse_size(split_max_size)   # exit 2 before any work
+            if not _is_file_ref(src):
+                raise UsageError("--split-max-size applies to .gguf files, not registered models",
+                                 hint="quantize the model's file with -o, then share the parts")
         options = dict(imatrix=imatrix, allow_requantize=allow_requantize, threads=threads,
                        leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run)
         entry = None
@@ -79,8 +91,19 @@ def register(app: Any) -> None:
 
         from llamactl.fsutil import human_bytes
 
+        parts = None
+        if split_limit is not None and not result.dry_run and result.path is not None:
+            from llamactl.gguf_split import split_in_place
+
+            parts = split_in_place(result.path, split_limit)
+            result.path = parts[0]
+            if not quiet and not as_json and len(parts) > 1:
+                output.info(f"split into {len(parts)} parts of at most {human_bytes(split_limit)}: "
+                            f"{parts[0].name} ... {parts[-1].name}")
         if as_json:
             doc = result.to_dict()
+            if parts is not None:
+                doc["parts"] = [str(p) for p in parts]
             if entry is not None:
                 doc["registered"] = entry["name"]
             output.json_doc(doc)
