@@ -1,0 +1,85 @@
+"""Load a GGUF in llama.cpp (through llamactl.overrides.load_llama), generate a few tokens,
+and report what llama.cpp said about memory, as one JSON document on stdout.
+
+    python -m tests.synthetic.llama_probe MODEL [--ctx N] [--ngl N] [--flash-attn]
+        [--kv-type f16|q8_0|q4_0] [--pattern REGEX ...] [--tokens N] [--log FILE]
+
+Run it in its own process: it installs a llama.cpp log callback that captures every line
+(debug included), which is how tests see "tensor ... buffer type overridden to CPU" and the
+KV cache and buffer sizes llama.cpp allocates. Used by tests/test_offload_llama.py,
+tests/test_overrides.py and benchmarks/gpu_check.sh."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import re
+import sys
+from typing import Any
+
+MIB = 1024 * 1024
+KV_LINE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers")
+BUF_LINE = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+OVERRIDE_LINE = re.compile(r"tensor (\S+) \(.*\) buffer type overridden to (\S+)")
+
+
+def parse_log(text: str) -> dict[str, Any]:
+    kv = [{"mib": float(m.group(1)), "cells": int(m.group(2)), "layers": int(m.group(3))}
+          for m in KV_LINE.finditer(text)]
+    buffers: dict[str, dict[str, float]] = {}
+    for m in BUF_LINE.finditer(text):
+        dev, kind, mib = m.group(1), m.group(2), float(m.group(3))
+        buffers.setdefault(kind, {})
+        buffers[kind][dev] = buffers[kind].get(dev, 0.0) + mib
+    overrides = {m.group(1): m.group(2) for m in OVERRIDE_LINE.finditer(text)}
+    return {"kv_caches": kv, "kv_mib": sum(k["mib"] for k in kv), "buffers": buffers,
+            "overridden": overrides}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--ngl", type=int, default=0)
+    ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--kv-type", default="f16")
+    ap.add_argument("--pattern", action="append", default=[])
+    ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--log", default=None)
+    args = ap.parse_args(argv)
+
+    import llama_cpp
+
+    from llamactl.offload import KV_GGML_TYPE
+    from llamactl.overrides import load_llama
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def _capture(level: int, text: bytes, user_data: Any) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))
+    kwargs: dict[str, Any] = dict(n_ctx=args.ctx, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
+                                  verbose=True, seed=1)
+    if args.kv_type != "f16":
+        kwargs["type_k"] = kwargs["type_v"] = KV_GGML_TYPE[args.kv_type]
+    llm = load_llama(args.model, args.pattern, **kwargs)
+    llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))  # in case loading replaced it
+    out = llm("the", max_tokens=args.tokens, temperature=0.0)
+    choice = out["choices"][0]
+    text = "".join(lines)
+    if args.log:
+        with open(args.log, "w") as fh:
+            fh.write(text)
+    doc = parse_log(text)
+    doc.update({"text": choice["text"], "completion_tokens": out["usage"]["completion_tokens"],
+                "class": type(llm).__name__, "n_ctx": llm.n_ctx()})
+    sys.stdout.write(json.dumps(doc) + "\n")
+    llm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The plan against llama.cpp itself: for tiny models loaded by the real llama.cpp, the KV
+cache the plan predicts is the one llama.cpp allocates (its own log line), Llama 4's
+chunked-attention layers included; the weights match its model buffer; the compute
+estimate is in the right range."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llamactl.offload import GIB, MIB, padded_ctx, plan_for_model
+from tests.conftest import REPO
+from tests.synthetic.tiny import write_tiny_gguf
+
+pytestmark = pytest.mark.slow
+
+
+def probe(model, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tests.synthetic.llama_probe", str(model), *args],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-plan")
+    return {
+        "dense": write_tiny_gguf(root / "dense.gguf", n_layer=3, n_head=4, n_head_kv=2),
+        "llama4": write_tiny_gguf(root / "moe.gguf", arch="llama4", n_layer=5, n_expert=4,
+                                  n_expert_used=2, n_ctx_train=65536),
+    }
+
+
+@pytest.mark.parametrize("which,ctx,kv,fa", [
+    ("dense", 1000, "f16", False),
+    ("dense", 1300, "q8_0", True),
+    ("llama4", 20000, "f16", False),   # beyond the 8192 chunk: chunked layers keep full caches
+    ("llama4", 3000, "q4_0", True),
+])
+def test_kv_cache_matches_llama_cpp(tiny_models, which, ctx, kv, fa):
+    model = tiny_models[which]
+    plan = plan_for_model(model, ctx=ctx, vram=0, ram=64 * GIB, kv_type=kv, flash_attn=fa)
+    args = ["--ctx", str(ctx), "--kv-type", kv] + (["--flash-attn"] if fa else [])
+    got = probe(model, *args)
+    assert got["kv_caches"], "llama.cpp reported no KV cache"
+    assert {c["cells"] for c in got["kv_caches"]} == {padded_ctx(ctx)}
+    assert sum(c["layers"] for c in got["kv_caches"]) == plan.n_layers
+    if which == "llama4":
+        assert len(got["kv_caches"]) == 2  # the chunked (SWA) and the full-attention caches
+    # llama.cpp prints MiB with two decimals, once per cache
+    assert abs(plan.cpu["kv_cache"] / MIB - got["kv_mib"]) <= 0.006 * len(got["kv_caches"])
+    # all weights on the CPU: llama.cpp's mapped model buffer is the GGUF's tensor data
+    assert abs(plan.weights_total / MIB - got["buffers"]["model"]["CPU_Mapped"]) < 0.02
+    # the compute buffer is an estimate: the right order of magnitude
+    reported = got["buffers"]["compute"]["CPU"] * MIB
+    assert 0.5 * reported <= plan.cpu["compute"] <= 2.0 * reported
