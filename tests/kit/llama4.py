@@ -209,7 +209,11 @@ def build_llama4_checkpoint(out_dir: Path, spec: Llama4Spec = Llama4Spec()) -> P
             elif name.endswith("lm_head.weight"):
                 param.mul_(spec.head_scale)
     if spec.dtype != "float32":
-        model = model.to(getattr(torch, spec.dtype))
+        import warnings
+
+        with warnings.catch_warnings():  # the vision rotary table is complex: not a weight
+            warnings.simplefilter("ignore", UserWarning)
+            model = model.to(getattr(torch, spec.dtype))
     kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
     model.save_pretrained(out_dir, **kwargs)
     if spec.config_style == "meta":
