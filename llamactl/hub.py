@@ -653,6 +653,17 @@ def license_gate(plan: PullPlan, *, accept_license: bool = False,
     licenses.accept(family, text_sha256=answer if isinstance(answer, str) else None, how="prompt")
 
 
+def _gguf_license(path: Path) -> str | None:
+    from llamactl import licenses
+
+    try:
+        from llamactl.gguf_info import read_gguf
+
+        return licenses.normalize(read_gguf(path).license)
+    except LlamactlError:
+        return None
+
+
 def _model_lock_path(name: str) -> Path:
     digest = hashlib.sha1(name.encode()).hexdigest()[:16]
     return paths.state_dir() / "locks" / f"pull-{digest}.lock"
@@ -693,6 +704,13 @@ def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = 
         if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
             return existing, "present"
         records = download(plan, progress)
+        if plan.license_family is None:
+            # Neither the catalog nor the Hub named a license: the GGUF's own
+            # general.license is the last word. The file stays in the cache, unregistered,
+            # until the license is accepted.
+            plan.license_family = _gguf_license(Path(records[0]["path"]))
+            if plan.license_family is not None:
+                license_gate(plan, accept_license=accept_license, confirm=confirm)
         entry = {
             "name": plan.name,
             "model": plan.model,

@@ -311,3 +311,52 @@ def test_ensure_model_file_paths_registered_models_and_the_gate(hubsim, one_b, t
     assert ensure_model_file("1b") == path
     assert ensure_model_file("llama3.2-1b:q4_k_m") == path
     assert len(hubsim.log) == before  # registered: no network
+
+
+def test_gguf_general_license_gates_a_repository_without_a_license_tag(cli, hubsim, small_gguf, tmp_path):
+    f = small_gguf(tmp_path / "n.gguf", license="Llama 3.3 Community License")[0]
+    hubsim.add_repo("someone/Untagged-GGUF", {"Untagged-Q4_K_M.gguf": f})  # no license tag
+    refused = cli("pull", "hf.co/someone/Untagged-GGUF")
+    assert refused.returncode == 3, refused.err
+    assert "llamactl license accept llama3.3" in refused.err
+    assert json.loads(cli("list", "--json").out) == []  # not registered
+    ok = cli("pull", "hf.co/someone/Untagged-GGUF", "--accept-license", "--json")
+    assert ok.returncode == 0, ok.err
+    assert json.loads(ok.out)["license"] == "llama3.3"
+
+
+def test_offline_or_unreachable_hub_is_exit_6(cli, one_b, hubsim):
+    offline = cli("pull", "1b", "--accept-license", env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 6
+    assert "HF_HUB_OFFLINE" in offline.err
+    url = hubsim.url
+    hubsim.stop()
+    down = cli("pull", "1b", "--accept-license", env={"HF_ENDPOINT": url})
+    assert down.returncode == 6, down.err
+    assert "Traceback" not in down.err
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_download_exits_130_and_the_next_pull_resumes(cli, hubsim, big_gguf):
+    name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
+    hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
+    hubsim.slow[name] = (10 * 1024 * 1024 + 256 * 1024, 256 * 1024)
+    blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--bartowski--Llama-3.2-1B-Instruct-GGUF" / "blobs"
+    proc = subprocess.Popen([sys.executable, "-m", "llamactl", "pull", "1b", "--accept-license"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        part = _partial(blobs)
+        if part is not None and part.stat().st_size >= 10 * 1024 * 1024:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert out == b""
+    assert json.loads(cli("list", "--json").out) == []
+    hubsim.clear_faults()
+    before = len(gguf_gets(hubsim))
+    again = cli("pull", "1b")
+    assert again.returncode == 0, again.err
+    assert [g["range"] for g in gguf_gets(hubsim)[before:]] == ["bytes=10485760-"]

@@ -15,10 +15,16 @@ def _interactive() -> bool:
     return output.stdin_is_tty() and output.stderr_is_tty()
 
 
+_active: list[Any] = []  # the progress display of the pull in hand (stopped for a prompt)
+
+
 def _confirm_license(family: str, plan: Any) -> str | bool:
     from llamactl import hub
     from llamactl.cli.license import prompt_accept
 
+    for progress in _active:
+        if hasattr(progress, "close"):
+            progress.close()
     texts = hub.fetch_license_texts(plan.listing) if plan.listing is not None else []
     return prompt_accept(family, texts, plan.name)
 
@@ -50,38 +56,48 @@ class _PlainProgress:
 
 
 class _RichProgress(_PlainProgress):
-    """A rich progress bar per file on stderr (a terminal)."""
+    """A rich progress bar per file on stderr (a terminal). Started at the first file, and
+    stopped while a prompt is on screen."""
 
     def __init__(self) -> None:
         super().__init__()
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(),
-                                 console=output.stderr_console(), transient=False)
+        self.progress: Any = None
         self.task: Any = None
-        self.progress.start()
+
+    def _live(self) -> Any:
+        if self.progress is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                     console=output.stderr_console(), transient=False)
+            self.progress.start()
+        return self.progress
 
     def file_start(self, filename: str, total: int | None, done: int, action: str) -> None:
         label = {"download": "", "resume": "(resume) ", "verify": "(verify) "}[action]
         name = filename.rsplit("/", 1)[-1]
-        self.task = self.progress.add_task(f"{label}{name}", total=total)
+        self.task = self._live().add_task(f"{label}{name}", total=total)
 
     def advance(self, n: int) -> None:
-        if self.task is not None:
+        if self.task is not None and self.progress is not None:
             self.progress.advance(self.task, n)
 
     def file_end(self, filename: str, status: str) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
+        if self.task is not None and self.progress is not None:
+            total = self.progress.tasks[-1].total
+            if total:
+                self.progress.update(self.task, completed=total)
         self.task = None
 
     def waiting(self, what: str) -> None:
-        self.progress.console.print(f"waiting for another pull of {what} to finish")
+        output.info(f"waiting for another pull of {what} to finish")
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 class _Silent:
@@ -111,11 +127,13 @@ def pull(ref_text: str, *, revision: str | None = None, accept_license: bool = F
         raise UsageError(f"{ref_text} is a local file; there is nothing to pull",
                          hint="use it directly (chat, show, bench accept a .gguf path)")
     progress = _progress(quiet)
+    _active.append(progress)
     try:
         return hub.pull_model(ref, revision=revision, accept_license=accept_license,
                               confirm=_confirm_license if _interactive() else None,
                               progress=progress)
     finally:
+        _active.remove(progress)
         if hasattr(progress, "close"):
             progress.close()
 
