@@ -37,6 +37,27 @@ def parse_log(text: str) -> dict[str, Any]:
             "overridden": overrides}
 
 
+def _smi_used_mib() -> float | None:
+    """GPU memory (MiB) nvidia-smi attributes to this process, while the model is loaded."""
+    import os
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0.0
+    found = False
+    for line in out.splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) == 2 and cols[0] == str(os.getpid()):
+            total += float(cols[1])
+            found = True
+    return total if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -47,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pattern", action="append", default=[])
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--log", default=None)
+    ap.add_argument("--nvidia-smi", action="store_true",
+                    help="also report the GPU memory nvidia-smi sees this process use")
     args = ap.parse_args(argv)
 
     import llama_cpp
@@ -76,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = parse_log(text)
     doc.update({"text": choice["text"], "completion_tokens": out["usage"]["completion_tokens"],
                 "class": type(llm).__name__, "n_ctx": llm.n_ctx()})
+    if args.nvidia_smi:
+        doc["nvidia_smi_used_mib"] = _smi_used_mib()
     sys.stdout.write(json.dumps(doc) + "\n")
     llm.close()
     return 0
