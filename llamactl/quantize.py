@@ -41,7 +41,7 @@ QUANT_TYPES: dict[str, tuple[int, float, str]] = {
     "Q3_K_S": (11, 3.4375, "3-bit K-quant (small)"),
     "IQ3_M": (27, 3.4375, "3-bit non-linear mix"),
     "IQ3_S": (26, 3.4375, "3-bit non-linear, 3.44 bpw"),
-    "IQ3_XS": (22, 3.3, "3-bit non-linear, 3.3 bpw"),
+    "IQ3_XS": (22, 3.3, "3-bit non-linear, 3.3 bpw (needs an imatrix)"),
     "IQ3_XXS": (23, 3.0625, "3-bit non-linear, 3.06 bpw (needs an imatrix)"),
     "Q2_K": (10, 2.625, "2-bit K-quant mix"),
     "Q2_K_S": (21, 2.625, "2-bit K-quant (small; needs an imatrix)"),
@@ -53,7 +53,7 @@ QUANT_TYPES: dict[str, tuple[int, float, str]] = {
     "IQ1_S": (24, 1.5625, "1-bit non-linear, 1.56 bpw (needs an imatrix)"),
 }
 ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
-NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"}
+NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
 
 

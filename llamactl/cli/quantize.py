@@ -23,7 +23,7 @@ def register(app: Any) -> None:
         help="Quantize a GGUF with llama.cpp. SRC is a .gguf file (output beside it, or -o) or a "
              "registered model (the result is registered as MODEL:TYPE). TYPE: Q8_0, Q6_K, Q5_K_M, "
              "Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, Q2_K, IQ4_XS, IQ4_NL, BF16, F16 ... "
-             "(case-insensitive; IQ1_*, IQ2_*, IQ3_XXS and Q2_K_S need --imatrix). Prints the output path.",
+             "(case-insensitive; IQ1_*, IQ2_*, IQ3_XXS, IQ3_XS and Q2_K_S need --imatrix). Prints the output path.",
     )
     def quantize_cmd(
         src: Annotated[str, typer.Argument(help="A .gguf file (first part of a split model) or a registered model.",
