@@ -121,7 +121,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from pull' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quiet
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l revision
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -o q
-complete -c llamactl -f -n '__fish_use_subcommand' -a quantize -d 'Quantize a GGUF with llama.cpp. SRC is a .gguf file (output beside it, or -o) or a registered model (the result is registered as MODEL:TYPE). TYPE: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, Q2_K, IQ4_XS, IQ4_NL, BF16, F16 ... (case-insensitive; IQ1_*, IQ2_*, IQ3_XXS and Q2_K_S need --imatrix). Prints the output path.'
+complete -c llamactl -f -n '__fish_use_subcommand' -a quantize -d 'Quantize a GGUF with llama.cpp. SRC is a .gguf file (output beside it, or -o) or a registered model (the result is registered as MODEL:TYPE). TYPE: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, Q2_K, IQ4_XS, IQ4_NL, BF16, F16 ... (case-insensitive; IQ1_*, IQ2_*, IQ3_XXS, IQ3_XS and Q2_K_S need --imatrix). Prints the output path.'
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l allow-requantize
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l dry-run
 complete -c llamactl -n '__fish_seen_subcommand_from quantize' -l force
