@@ -253,3 +253,95 @@ def reference_logits(ckpt_dir: Path, token_ids: list[int]):
 
 def spec_with(spec: Llama4Spec, **changes) -> Llama4Spec:
     return replace(spec, **changes)
+
+
+def build_large_llama4_checkpoint(out_dir: Path, *, n_layers: int = 2, hidden: int = 1024, expert_ffn: int = 2048,
+                                  dense_ffn: int = 4096, n_experts: int = 16, moe_step: int = 1,
+                                  seed: int = 0) -> Path:
+    """A Scout-shaped bf16 checkpoint of a few hundred MB written with numpy alone (no
+    torch: fast, and no model in memory), for memory measurements. Values are random
+    (std 0.02); the tokenizer is the kit's. One shard per layer, as Meta's are split."""
+    import numpy as np
+
+    from llamactl.convert.common import float32_to_bf16
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_tokens, special_ids = build_llama4_tokenizer(out_dir)
+    vocab = ((n_tokens + 63) // 64) * 64 + 64
+    heads, kv_heads, head_dim = hidden // 128, max(1, hidden // 512), 128
+    rng = np.random.default_rng(seed)
+
+    def rand(shape):
+        return float32_to_bf16((rng.standard_normal(shape, dtype=np.float32) * 0.02))
+
+    def ones(shape):
+        return float32_to_bf16(np.ones(shape, dtype=np.float32))
+
+    def write_shard(path: Path, tensors: dict[str, tuple[tuple[int, ...], Any]]) -> None:
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, (shape, _) in tensors.items():
+            n = int(np.prod(shape)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(path, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            for name, (shape, make) in tensors.items():
+                if len(shape) == 3:  # expert by expert: never a whole expert tensor in memory
+                    for _ in range(shape[0]):
+                        fh.write(make(shape[1:]).tobytes())
+                else:
+                    fh.write(make(shape).tobytes())
+
+    p = "language_model.model."
+    shards: list[tuple[str, dict]] = []
+    first = {p + "embed_tokens.weight": ((vocab, hidden), rand), p + "norm.weight": ((hidden,), ones),
+             "language_model.lm_head.weight": ((vocab, hidden), rand),
+             "multi_modal_projector.linear_1.weight": ((hidden, 64), rand),
+             "vision_model.patch_embedding.linear.weight": ((32, 588), rand)}
+    shards.append(("embed", first))
+    for i in range(n_layers):
+        lp = f"{p}layers.{i}."
+        t = {lp + "input_layernorm.weight": ((hidden,), ones), lp + "post_attention_layernorm.weight": ((hidden,), ones),
+             lp + "self_attn.q_proj.weight": ((heads * head_dim, hidden), rand),
+             lp + "self_attn.k_proj.weight": ((kv_heads * head_dim, hidden), rand),
+             lp + "self_attn.v_proj.weight": ((kv_heads * head_dim, hidden), rand),
+             lp + "self_attn.o_proj.weight": ((hidden, heads * head_dim), rand)}
+        f = lp + "feed_forward."
+        if (i + 1) % moe_step == 0:
+            t.update({f + "router.weight": ((n_experts, hidden), rand),
+                      f + "experts.gate_up_proj": ((n_experts, hidden, 2 * expert_ffn), rand),
+                      f + "experts.down_proj": ((n_experts, expert_ffn, hidden), rand),
+                      f + "shared_expert.gate_proj.weight": ((expert_ffn, hidden), rand),
+                      f + "shared_expert.up_proj.weight": ((expert_ffn, hidden), rand),
+                      f + "shared_expert.down_proj.weight": ((hidden, expert_ffn), rand)})
+        else:
+            t.update({f + "gate_proj.weight": ((dense_ffn, hidden), rand),
+                      f + "up_proj.weight": ((dense_ffn, hidden), rand),
+                      f + "down_proj.weight": ((hidden, dense_ffn), rand)})
+        shards.append((f"layer{i}", t))
+    weight_map = {}
+    for k, (_, tensors) in enumerate(shards):
+        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_shard(out_dir / name, tensors)
+        weight_map.update({n: name for n in tensors})
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    text = dict(
+        model_type="llama4_text", vocab_size=vocab, hidden_size=hidden, intermediate_size=expert_ffn,
+        intermediate_size_mlp=dense_ffn, num_hidden_layers=n_layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, head_dim=head_dim, num_local_experts=n_experts, num_experts_per_tok=1,
+        interleave_moe_layer_step=moe_step, use_qk_norm=n_experts != 128, rms_norm_eps=1e-5,
+        max_position_embeddings=10485760, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192},
+        bos_token_id=special_ids["<|begin_of_text|>"], eos_token_id=special_ids["<|eot|>"],
+        attention_chunk_size=8192, no_rope_layer_interval=4, hidden_act="silu", torch_dtype="bfloat16",
+    )
+    config = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
+              "vision_config": {"model_type": "llama4_vision_model"}, "torch_dtype": "bfloat16"}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
