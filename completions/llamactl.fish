@@ -116,8 +116,11 @@ complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ngl
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ub
 complete -c llamactl -f -n '__fish_use_subcommand' -a pull -d 'Download a model from the Hugging Face Hub (resume, sha256 checks, license gate). Prints the model file\'s path.'
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from pull' -l from
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from pull' -l keep-intermediate
+complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quant
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quiet
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l revision
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -o q

@@ -728,3 +728,131 @@ def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = 
         return registry.put(entry), "pulled"
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------------------- --from safetensors
+
+_CHECKPOINT_FILES = {
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+    "model.safetensors.index.json",
+}
+
+
+def checkpoint_files(listing: RepoListing) -> list[RemoteFile]:
+    """What conversion needs from a safetensors repository: config, tokenizer and the
+    top-level *.safetensors shards (not `original/`'s consolidated weights)."""
+    files = [f for f in listing.files if "/" not in f.filename
+             and (f.filename in _CHECKPOINT_FILES or f.filename.endswith(".safetensors"))]
+    names = {f.filename for f in files}
+    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+        raise NotFound(f"{listing.repo} is not a safetensors checkpoint (no config.json and "
+                       "*.safetensors at its top level)",
+                       hint="pull a GGUF instead (without --from), or name another repository")
+    return sorted(files, key=lambda f: (f.filename.endswith(".safetensors"), f.filename))
+
+
+def resolve_safetensors_plan(ref: Any, quant: str, revision: str | None = None) -> PullPlan:
+    if ref.kind == "catalog":
+        entry = ref.entry
+        if not entry.official_repo:
+            raise NotFound(f"{entry.name} lists no safetensors repository",
+                           hint="add \"official_repo\" to its catalog entry")
+        repo, model, family = entry.official_repo, entry.name, entry.license
+    elif ref.kind == "hf" and not ref.filename:
+        repo, model, family = ref.repo, ref.with_tag(None), None
+    else:
+        from llamactl.errors import UsageError
+
+        raise UsageError("--from safetensors takes a catalog name or hf.co/OWNER/REPO")
+    listing = list_repo(repo, revision)
+    tag = quant.lower()
+    return PullPlan(name=f"{model}:{tag}", model=model, tag=tag, repo=repo, commit=listing.commit,
+                    requested_revision=revision, files=checkpoint_files(listing),
+                    license_family=family or listing.license_family, listing=listing)
+
+
+def _local_file_record(path: Path) -> dict[str, Any]:
+    return {"filename": path.name, "path": str(path), "blob": None,
+            "size": path.stat().st_size, "sha256": _file_hash(path, "sha256")}
+
+
+def pull_safetensors(ref: Any, *, quant: str = "Q4_K_M", revision: str | None = None,
+                     accept_license: bool = False, confirm: LicenseConfirm | None = None,
+                     progress: DownloadProgress | None = None,
+                     convert_progress: Callable[[str, int, int], None] | None = None,
+                     on_step: Callable[[str], None] | None = None,
+                     keep_intermediate: bool = False) -> tuple[dict[str, Any], str]:
+    """Download a safetensors checkpoint (verified, resumable, into the HF cache), convert it
+    to GGUF, quantize it to `quant`, register the result as MODEL:QUANT in llamactl's models
+    folder. The full-precision intermediate is deleted unless `keep_intermediate` (then it
+    is registered too, as MODEL:F16/BF16/F32)."""
+    from filelock import FileLock, Timeout
+
+    from llamactl import registry
+    from llamactl.convert import convert_checkpoint
+    from llamactl.quantize import _FLOAT_TYPES, normalize_type, quantize_gguf
+
+    progress = progress or DownloadProgress()
+    step = on_step or (lambda _msg: None)
+    qtype = normalize_type(quant)
+    if revision is None:
+        entry_name = f"{ref.entry.name if ref.kind == 'catalog' else ref.with_tag(None)}:{qtype.lower()}"
+        existing = registry.get(entry_name)
+        if existing is not None and files_present(existing):
+            return existing, "present"
+    plan = resolve_safetensors_plan(ref, qtype, revision)
+    existing = registry.get(plan.name)
+    if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
+        return existing, "present"
+    license_gate(plan, accept_license=accept_license, confirm=confirm)
+
+    lock = FileLock(str(_model_lock_path(plan.name)))
+    _model_lock_path(plan.name).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        progress.waiting(plan.name)
+        lock.acquire()
+    try:
+        existing = registry.get(plan.name)
+        if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
+            return existing, "present"
+        download(plan, progress)
+        src_dir = repo_folder(plan.repo) / "snapshots" / plan.commit
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.model.replace("hf.co/", "").replace("/", "--"))
+        out_dir = paths.ensure(paths.models_dir() / safe)
+        provenance = {"source": "converted", "repo": plan.repo, "revision": plan.commit,
+                      "requested_revision": plan.requested_revision,
+                      "license": plan.license_family, "converted_from": f"{plan.repo}@{plan.commit}"}
+        if qtype in _FLOAT_TYPES:
+            final = out_dir / f"{safe}-{qtype}.gguf"
+            step(f"converting {plan.repo} to {qtype}")
+            convert_checkpoint(src_dir, final, outtype=qtype.lower(), progress=convert_progress)
+            intermediate = None
+        else:
+            pending = out_dir / f"{safe}-full.gguf"
+            step(f"converting {plan.repo} to GGUF")
+            result = convert_checkpoint(src_dir, pending, progress=convert_progress)
+            intermediate = out_dir / f"{safe}-{result.outtype.upper()}.gguf"
+            os.replace(pending, intermediate)
+            final = out_dir / f"{safe}-{qtype}.gguf"
+            step(f"quantizing to {qtype}")
+            try:
+                quantize_gguf(intermediate, final, qtype)
+            finally:
+                if not keep_intermediate:
+                    intermediate.unlink(missing_ok=True)
+        if intermediate is not None and keep_intermediate:
+            itag = intermediate.stem.rsplit("-", 1)[-1].lower()
+            rec = _local_file_record(intermediate)
+            registry.put({"name": f"{plan.model}:{itag}", "model": plan.model, "tag": itag,
+                          **provenance, "files": [rec], "path": rec["path"], "size": rec["size"],
+                          "pulled_at": registry.now()})
+        rec = _local_file_record(final)
+        entry = {"name": plan.name, "model": plan.model, "tag": plan.tag, **provenance,
+                 "files": [rec], "path": rec["path"], "size": rec["size"],
+                 "pulled_at": registry.now()}
+        return registry.put(entry), "pulled"
+    finally:
+        lock.release()

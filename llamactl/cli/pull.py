@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
 
 from llamactl.cli import output
 from llamactl.cli.options import AcceptLicenseOpt, JsonOpt, ModelArg, QuietOpt, RevisionOpt
@@ -116,22 +118,56 @@ def _progress(quiet: bool) -> Any:
 
 
 def pull(ref_text: str, *, revision: str | None = None, accept_license: bool = False,
-         quiet: bool = False) -> tuple[dict[str, Any], str]:
-    """Pull a reference (catalog or Hub) with progress and the license gate."""
+         quiet: bool = False, source: str = "gguf", quant: str | None = None,
+         keep_intermediate: bool = False) -> tuple[dict[str, Any], str]:
+    """Pull a reference (catalog or Hub) with progress and the license gate. With
+    source="safetensors": download the checkpoint, convert, quantize to `quant`."""
     from llamactl import hub, refs
+    from llamactl.errors import UsageError
 
+    source = source.lower()
+    if source not in ("gguf", "safetensors"):
+        raise UsageError(f"unknown --from {source!r}; choose gguf or safetensors")
+    if source == "gguf" and (quant is not None or keep_intermediate):
+        raise UsageError("--quant and --keep-intermediate go with --from safetensors",
+                         hint="for a GGUF, name the quant as a tag: MODEL:q8_0")
     ref = refs.parse(ref_text)
     if ref.kind == "path":
-        from llamactl.errors import UsageError
-
         raise UsageError(f"{ref_text} is a local file; there is nothing to pull",
                          hint="use it directly (chat, show, bench accept a .gguf path)")
+    if source == "safetensors":
+        if ref.kind == "hf" and ref.filename:
+            raise UsageError("--from safetensors takes a catalog name or hf.co/OWNER/REPO, not a file")
+        if ref.tag and quant and ref.tag.lower() != quant.lower():
+            raise UsageError(f"two quants asked for: the tag {ref.tag!r} and --quant {quant!r}")
+        quant = quant or ref.tag or "Q4_K_M"
+        from llamactl.quantize import normalize_type
+
+        normalize_type(quant)  # a bad type fails before any download
     progress = _progress(quiet)
     _active.append(progress)
     try:
+        confirm = _confirm_license if _interactive() else None
+        if source == "safetensors":
+            from llamactl.cli.convert import Progress as ConvertProgress
+
+            convert_progress = ConvertProgress(quiet)
+
+            def step(message: str) -> None:
+                if hasattr(progress, "close"):
+                    progress.close()
+                if not quiet:
+                    output.info(message)
+
+            try:
+                return hub.pull_safetensors(ref, quant=quant or "Q4_K_M", revision=revision,
+                                            accept_license=accept_license, confirm=confirm,
+                                            progress=progress, convert_progress=convert_progress,
+                                            on_step=step, keep_intermediate=keep_intermediate)
+            finally:
+                convert_progress.close()
         return hub.pull_model(ref, revision=revision, accept_license=accept_license,
-                              confirm=_confirm_license if _interactive() else None,
-                              progress=progress)
+                              confirm=confirm, progress=progress)
     finally:
         _active.remove(progress)
         if hasattr(progress, "close"):
@@ -182,9 +218,22 @@ def _render(entry: dict[str, Any], status: str, as_json: bool, quiet: bool) -> N
 def register(app: Any) -> None:
     @app.command("pull", help="Download a model from the Hugging Face Hub (resume, sha256 "
                               "checks, license gate). Prints the model file's path.")
-    def pull_cmd(model: ModelArg, revision: RevisionOpt = None,
-                 accept_license: AcceptLicenseOpt = False, as_json: JsonOpt = False,
-                 quiet: QuietOpt = False) -> None:
-        entry, status = pull(model, revision=revision, accept_license=accept_license, quiet=quiet)
+    def pull_cmd(
+        model: ModelArg,
+        revision: RevisionOpt = None,
+        accept_license: AcceptLicenseOpt = False,
+        source: Annotated[str, typer.Option(
+            "--from", help="gguf: a published GGUF (default); safetensors: download the "
+                           "checkpoint, convert and quantize it here.")] = "gguf",
+        quant: Annotated[Optional[str], typer.Option(
+            "--quant", help="With --from safetensors: the quant to make (default Q4_K_M).")] = None,
+        keep_intermediate: Annotated[bool, typer.Option(
+            "--keep-intermediate", help="With --from safetensors: keep (and register) the "
+                                        "full-precision GGUF.")] = False,
+        as_json: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        entry, status = pull(model, revision=revision, accept_license=accept_license, quiet=quiet,
+                             source=source, quant=quant, keep_intermediate=keep_intermediate)
         _render(entry, status, as_json, quiet)
 
