@@ -418,3 +418,25 @@ def test_unsupported_model_type_names_llama4_as_supported(llama4_checkpoint_fact
     assert info.value.exit_code == 1
     assert "mixtral" in str(info.value) and "llama4" in str(info.value)
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_cli_converts_scout_and_says_the_vision_tower_is_left_out(llama4_checkpoint_factory, cli, tmp_path):
+    ckpt = llama4_checkpoint_factory("scout")
+    out = tmp_path / "scout.gguf"
+    proc = cli("convert", str(ckpt), "-o", str(out), "--outtype", "f32")
+    assert proc.returncode == 0, proc.err
+    assert proc.out.strip() == str(out)          # stdout: the path only
+    assert "vision tower and projector (26 tensors" in proc.err
+    meta, _ = read_meta(out)
+    assert meta["general.architecture"] == "llama4"
+
+
+def test_cli_unsupported_model_type_exits_1_naming_llama4(llama4_checkpoint_factory, cli, tmp_path):
+    bad = _copy_with_config(llama4_checkpoint_factory("scout"), tmp_path / "bad",
+                            lambda tc, cfg: cfg.update(model_type="mixtral"))
+    out = tmp_path / "m.gguf"
+    proc = cli("convert", str(bad), "-o", str(out))
+    assert proc.returncode == 1
+    assert "mixtral" in proc.err and "llama4" in proc.err
+    assert "Traceback" not in proc.err
+    assert not out.exists() and proc.out == ""

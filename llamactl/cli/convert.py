@@ -88,6 +88,9 @@ def register(app: Any) -> None:
                                         **({"name": name} if name else {}))
         finally:
             progress.close()
+        if not quiet:
+            for line in result.details.get("notes", []):   # e.g. Llama 4's vision tower left out
+                output.info(line)
         if as_json:
             output.json_doc(result.to_dict())
             return
