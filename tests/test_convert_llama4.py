@@ -440,3 +440,94 @@ def test_cli_unsupported_model_type_exits_1_naming_llama4(llama4_checkpoint_fact
     assert "mixtral" in proc.err and "llama4" in proc.err
     assert "Traceback" not in proc.err
     assert not out.exists() and proc.out == ""
+
+
+# text_config of Meta's published Scout and Maverick Instruct checkpoints (the fields that
+# matter here), in Meta's style: rope_theta + rope_scaling, empty no_rope_layers, and
+# Scout's integer attn_temperature_tuning
+REAL_TEXT_CONFIGS = {
+    "llama4-scout": dict(
+        attention_bias=False, attention_chunk_size=8192, attn_scale=0.1, attn_temperature_tuning=4,
+        bos_token_id=200000, eos_token_id=[200001, 200007, 200008], floor_scale=8192, head_dim=128,
+        hidden_act="silu", hidden_size=5120, interleave_moe_layer_step=1, intermediate_size=8192,
+        intermediate_size_mlp=16384, max_position_embeddings=10485760, model_type="llama4_text",
+        no_rope_layers=[], num_attention_heads=40, num_experts_per_tok=1, num_hidden_layers=48,
+        num_key_value_heads=8, num_local_experts=16, pad_token_id=200018, rms_norm_eps=1e-05,
+        rope_scaling={"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        rope_theta=500000.0, use_qk_norm=True, vocab_size=202048),
+    "llama4-maverick": dict(
+        attention_bias=False, attention_chunk_size=8192, attn_scale=0.1, attn_temperature_tuning=4,
+        bos_token_id=200000, eos_token_id=[200001, 200007, 200008], floor_scale=8192, head_dim=128,
+        hidden_act="silu", hidden_size=5120, interleave_moe_layer_step=2, intermediate_size=8192,
+        intermediate_size_mlp=16384, max_position_embeddings=1048576, model_type="llama4_text",
+        no_rope_layers=[], num_attention_heads=40, num_experts_per_tok=1, num_hidden_layers=48,
+        num_key_value_heads=8, num_local_experts=128, pad_token_id=200018, rms_norm_eps=1e-05,
+        rope_scaling=None, rope_theta=500000.0, use_qk_norm=False, vocab_size=202048),
+}
+# llama.cpp's parameter counts of the text GGUFs (FIELD-NOTES, from llama-bench headers)
+REAL_N_PARAMS = {"llama4-scout": 107_769_861_184, "llama4-maverick": 400_711_848_960}
+
+
+def _sparse_checkpoint(folder, tc):
+    """A checkpoint with the real shapes whose data is a sparse hole: headers only."""
+    import json
+    import struct
+
+    folder.mkdir()
+    H, E, ff, V = tc["hidden_size"], tc["num_local_experts"], tc["intermediate_size"], tc["vocab_size"]
+    hd = tc["head_dim"]
+    p = "language_model.model."
+    shapes = {p + "embed_tokens.weight": [V, H], p + "norm.weight": [H], "language_model.lm_head.weight": [V, H],
+              "multi_modal_projector.linear_1.weight": [H, 4096],
+              "vision_model.patch_embedding.linear.weight": [1408, 588]}
+    for i in range(tc["num_hidden_layers"]):
+        lp = f"{p}layers.{i}."
+        shapes.update({lp + "input_layernorm.weight": [H], lp + "post_attention_layernorm.weight": [H],
+                       lp + "self_attn.q_proj.weight": [40 * hd, H], lp + "self_attn.k_proj.weight": [8 * hd, H],
+                       lp + "self_attn.v_proj.weight": [8 * hd, H], lp + "self_attn.o_proj.weight": [H, 40 * hd]})
+        f = lp + "feed_forward."
+        if (i + 1) % tc["interleave_moe_layer_step"] == 0:
+            shapes.update({f + "router.weight": [E, H], f + "experts.gate_up_proj": [E, H, 2 * ff],
+                           f + "experts.down_proj": [E, ff, H], f + "shared_expert.gate_proj.weight": [ff, H],
+                           f + "shared_expert.up_proj.weight": [ff, H], f + "shared_expert.down_proj.weight": [H, ff]})
+        else:
+            m = tc["intermediate_size_mlp"]
+            shapes.update({f + "gate_proj.weight": [m, H], f + "up_proj.weight": [m, H], f + "down_proj.weight": [H, m]})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    with open(folder / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)  # a hole: no disk used
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama4", "text_config": tc,
+                                                    "vision_config": {}}))
+    return folder
+
+
+@pytest.mark.parametrize("key", ["llama4-scout", "llama4-maverick"])
+def test_real_scout_and_maverick_map_onto_llama_cpp_tensors(key, tmp_path):
+    """At real size (headers only), the plan for Meta's Scout and Maverick is exactly the
+    tensor inventory llama.cpp's llama4 loader expects, with its parameter count."""
+    from llamactl.convert import common
+    from llamactl.convert.llama4 import hparams_from_config, plan_tensors
+    from tests.synthetic.writer import SPECS, tensor_inventory
+
+    folder = _sparse_checkpoint(tmp_path / key, REAL_TEXT_CONFIGS[key])
+    ckpt = common.open_checkpoint(folder)
+    hp = hparams_from_config(ckpt.config)
+    plan = plan_tensors(ckpt, hp, "bf16")
+    got = {j.name: tuple(reversed(j.shape)) for j in plan.jobs}           # GGUF (ne) order
+    want = {name: tuple(shape) for name, shape, _ in tensor_inventory(SPECS[key])}
+    assert got == want
+    assert plan.n_params == REAL_N_PARAMS[key]
+    assert len(plan.skipped) == 2
+    assert (hp.n_expert, hp.moe_step, hp.use_qk_norm) == ((16, 1, True) if key == "llama4-scout" else (128, 2, False))
+    # routed experts are about 96% of Maverick
+    if key == "llama4-maverick":
+        assert plan.n_expert_params * hp.n_expert / plan.n_params > 0.95
