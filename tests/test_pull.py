@@ -360,3 +360,32 @@ def test_ctrl_c_mid_download_exits_130_and_the_next_pull_resumes(cli, hubsim, bi
     again = cli("pull", "1b")
     assert again.returncode == 0, again.err
     assert [g["range"] for g in gguf_gets(hubsim)[before:]] == ["bytes=10485760-"]
+
+
+def test_files_behind_a_cdn_redirect_are_fetched_without_the_token(cli, hubsim, one_b):
+    hubsim.redirect_lfs = True  # as on the Hub: LFS files answer 302 to a signed URL elsewhere
+    token = "hf_REDIRECTsecret0123456789"
+    proc = cli("pull", "1b", "--accept-license", "--json", env={"HF_TOKEN": token})
+    assert proc.returncode == 0, proc.err
+    assert sha256(Path(json.loads(proc.out)["path"])) == sha256(one_b["q4"])
+    cdn = [r for r in hubsim.log if r["path"].startswith("/cdn/")]
+    assert [r["method"] for r in cdn] == ["GET"]
+    assert not cdn[0]["auth"]  # the token never leaves the Hub's own host
+    assert all(r["auth"] for r in hubsim.log if "/resolve/" in r["path"])
+
+
+@pytest.mark.slow
+def test_resume_through_a_cdn_redirect(cli, hubsim, big_gguf):
+    name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
+    hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
+    hubsim.redirect_lfs = True
+    hubsim.cut_after[name] = 11 * 1024 * 1024
+    hubsim.fail_after_cut[name] = 100
+    assert cli("pull", "1b", "--accept-license").returncode == 6
+    hubsim.clear_faults()
+    before = len(hubsim.log)
+    again = cli("pull", "1b", "--json")
+    assert again.returncode == 0, again.err
+    gets = [r for r in hubsim.log[before:] if r["method"] == "GET" and r["path"].startswith("/cdn/")]
+    assert [g["range"] for g in gets] == ["bytes=10485760-"]
+    assert sha256(Path(json.loads(again.out)["path"])) == sha256(big_gguf)

@@ -12,7 +12,10 @@ Gated repositories answer 401 without a token and 403 with a token that has no a
 Fault switches (per file name): `cut_after[name] = N` drops the connection after N body
 bytes, once; `fail_after_cut[name] = K` also answers 500 to the next K requests for it;
 `corrupt.add(name)` flips a byte of what is served; `slow[name] = (after, bytes_per_s)`
-throttles the body after `after` bytes. Every request is appended to `log`.
+throttles the body after `after` bytes. `redirect_lfs = True` answers LFS files the way
+the Hub does: a 302 (with X-Linked-Etag/X-Linked-Size) to a signed "CDN" URL on another host
+name (`localhost` instead of `127.0.0.1`), which must be fetched without the token.
+Every request is appended to `log`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from urllib.parse import unquote, urlparse
 
 _API_RE = re.compile(r"^/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?/?$")
 _RESOLVE_RE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_CDN_RE = re.compile(r"^/cdn/([0-9a-f]{64})$")
 
 
 @dataclass
@@ -75,6 +79,7 @@ class HubSim:
         self.fail_after_cut: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.slow: dict[str, tuple[int, float]] = {}
+        self.redirect_lfs = False  # answer LFS files with a 302 to a "CDN" on another host name
         self.log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -198,6 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
         if m:
             self._resolve(m.group(1), m.group(2), m.group(3), body=True)
             return
+        m = _CDN_RE.match(path)
+        if m:
+            self._cdn(m.group(1), body=True)
+            return
         self._error(404, None, "Not found")
 
     def do_HEAD(self) -> None:  # noqa: N802
@@ -207,6 +216,18 @@ class _Handler(BaseHTTPRequestHandler):
         if m:
             self._resolve(m.group(1), m.group(2), m.group(3), body=False)
             return
+        m = _CDN_RE.match(path)
+        if m:
+            self._cdn(m.group(1), body=False)
+            return
+        self._error(404, None, "Not found")
+
+    def _cdn(self, sha: str, body: bool) -> None:
+        for repo in self.hub.repos.values():
+            for name, f in repo.files.items():
+                if f.lfs and f.sha256 == sha:
+                    self._serve(repo, name, f, body, cdn=True)
+                    return
         self._error(404, None, "Not found")
 
     def _model_info(self, repo_id: str, revision: str | None) -> None:
@@ -253,6 +274,20 @@ class _Handler(BaseHTTPRequestHandler):
         if f is None:
             self._error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": repo.commit})
             return
+        if self.hub.redirect_lfs and f.lfs:
+            port = self.server.server_address[1]
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{port}/cdn/{f.sha256}?X-Amz-Signature=sim")
+            self.send_header("X-Repo-Commit", repo.commit)
+            self.send_header("ETag", f'"{f.etag}"')
+            self.send_header("X-Linked-Etag", f'"{f.sha256}"')
+            self.send_header("X-Linked-Size", str(f.size))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._serve(repo, filename, f, body)
+
+    def _serve(self, repo: SimRepo, filename: str, f: SimFile, body: bool, cdn: bool = False) -> None:
         if body and self.hub.fail_after_cut.get(filename, 0) > 0 and filename not in self.hub.cut_after:
             self.hub.fail_after_cut[filename] -= 1
             self._error(500, None, "Internal Error (simulated)")
@@ -272,9 +307,10 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
         length = end - start + 1
         self.send_response(status)
-        self.send_header("X-Repo-Commit", repo.commit)
+        if not cdn:
+            self.send_header("X-Repo-Commit", repo.commit)
         self.send_header("ETag", f'"{f.etag}"')
-        if f.lfs:
+        if f.lfs and not cdn:
             self.send_header("X-Linked-Etag", f'"{f.sha256}"')
             self.send_header("X-Linked-Size", str(f.size))
         self.send_header("Accept-Ranges", "bytes")
