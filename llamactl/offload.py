@@ -383,6 +383,16 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
         vram = devices.vram_free
         gpus = [g.to_dict() for g in devices.gpus]
         source = devices.gpu_source
+        if devices.gpus and devices.gpu_source in ("nvml", "nvidia-smi"):
+            try:
+                from llamactl.devices import supports_gpu_offload
+
+                can_offload = supports_gpu_offload()
+            except Exception:
+                can_offload = True
+            if not can_offload:
+                warnings.append("this llama.cpp build is CPU-only: the GPU part of this plan "
+                                "applies after a CUDA reinstall (see `llamactl doctor`)")
         if len(devices.gpus) > 1:
             warnings.append(f"{len(devices.gpus)} GPUs: planned as one pool of "
                             f"{human_bytes(vram)}; llama.cpp splits layers across them (--split-mode layer)")
