@@ -93,3 +93,19 @@ def test_changed_struct_layout_fails_loudly(monkeypatch):
     monkeypatch.setattr(llama_cpp, "llama_model_params", Moved)
     with pytest.raises(overrides.OverrideError, match="llama_model_params"):
         overrides.check_bindings()
+
+
+def test_bindings_that_skip_model_params_fail_loudly(monkeypatch, tiny_moe):
+    """If a future Llama.__init__ stops assigning self.model_params, the overrides would be
+    silently dropped: load_llama must refuse instead."""
+    import contextlib
+
+    import llama_cpp
+
+    def init_without_model_params(self, model_path, **kwargs):
+        self._stack = contextlib.ExitStack()
+
+    monkeypatch.setattr(llama_cpp.Llama, "__init__", init_without_model_params)
+    monkeypatch.setattr(llama_cpp.Llama, "close", lambda self: None)
+    with pytest.raises(overrides.OverrideError, match="did not take the tensor overrides"):
+        overrides.load_llama(tiny_moe, [r"exps"], n_ctx=64)
