@@ -204,6 +204,7 @@ def test_vision_tensors_are_left_out_and_reported(llama4_checkpoint_factory, tmp
     assert len(tensors) == len(text) + moe_layers + 1
 
 
+@pytest.mark.slow
 def test_text_only_checkpoint_converts(llama4_checkpoint_factory, llama4_prompt_ids, tmp_path):
     """A Llama4ForCausalLM checkpoint (model_type llama4_text, flat config)."""
     from llamactl.convert import convert_checkpoint
