@@ -297,3 +297,20 @@ def test_interrupted_conversion_leaves_nothing(tiny_checkpoint, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(tiny_checkpoint, tmp_path / "m.gguf", "f32", progress=progress)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_rounding_matches_torch():
+    """float32 -> bf16 rounds to nearest even like torch (the reference for bf16 weights)."""
+    import numpy as np
+    import torch
+
+    from llamactl.convert.common import float32_to_bf16
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(100_000).astype(np.float32) * 0.05,
+                        np.array([0.0, -0.0, 1.0, -1.5, 3.4e38, -3.4e38, np.inf, -np.inf, 1e-40,
+                                  1.00390625, 1.01171875], dtype=np.float32)])
+    expected = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(float32_to_bf16(x), expected)
+    nan = float32_to_bf16(np.array([np.nan], dtype=np.float32))
+    assert (nan[0] & 0x7F80) == 0x7F80 and (nan[0] & 0x7F) != 0

@@ -38,7 +38,7 @@ Progress = Callable[[str, int, int], None]
 OUTTYPES = ("f32", "f16", "bf16")
 # safetensors dtype -> (bytes per element, name used here)
 _ST_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
-CHUNK_BYTES = 16 * 1024 * 1024  # rows are converted and written in chunks of about this size
+CHUNK_BYTES = 4 * 1024 * 1024  # rows are converted and written in chunks of about this size (as f32)
 
 
 # ---------------------------------------------------------------------------- safetensors
@@ -204,7 +204,13 @@ def float32_to_bf16(x: "np.ndarray") -> "np.ndarray":
     import numpy as np
 
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+    t = u >> 16            # one temporary, updated in place: memory stays near one block
+    t &= np.uint32(1)
+    t += np.uint32(0x7FFF)
+    t += u
+    t >>= 16
+    rounded = t.astype(np.uint16)
+    del t
     nan = np.isnan(x)
     if nan.any():
         rounded[nan] = np.uint16(0x7FC0)

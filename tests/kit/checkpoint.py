@@ -179,3 +179,80 @@ def reference_logits(model, ids: list[int]):
     with torch.no_grad():
         out = model(torch.tensor([ids], dtype=torch.long))
     return out.logits[0].float().numpy()
+
+
+def build_large_checkpoint(out_dir: Path, *, hidden: int = 1024, intermediate: int = 16384,
+                           layers: int = 2, heads: int = 8, kv_heads: int = 4, dtype: str = "float32",
+                           shards: int = 2, seed: int = 7) -> Path:
+    """A Llama 3 checkpoint of a few hundred MB, written with numpy alone (fast, no torch):
+    same files and naming as build_tiny_checkpoint, random weights, for memory and speed
+    measurements of the converter (not for parity: transformers is never run on it).
+    Defaults: 2 layers of hidden 1024 and FFN 16384 in float32, about 400 MiB, whose
+    largest tensors (the FFN matrices) are 64 MiB each."""
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = build_tokenizer(out_dir)
+    n_bpe = vocab - len(LLAMA3_SPECIAL_TOKENS)
+    head_dim = hidden // heads
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (hidden,),
+            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+            p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+            p + "post_attention_layernorm.weight": (hidden,),
+            p + "mlp.gate_proj.weight": (intermediate, hidden),
+            p + "mlp.up_proj.weight": (intermediate, hidden),
+            p + "mlp.down_proj.weight": (hidden, intermediate),
+        })
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (vocab, hidden)
+    st_dtype, itemsize = {"float32": ("F32", 4), "bfloat16": ("BF16", 2)}[dtype]
+    rng = np.random.default_rng(seed)
+    names = list(shapes)
+    groups = [names[i::shards] for i in range(shards)]
+    weight_map: dict[str, str] = {}
+    for k, group in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name in group:
+            n = int(np.prod(shapes[name])) * itemsize
+            header[name] = {"dtype": st_dtype, "shape": list(shapes[name]), "data_offsets": [offset, offset + n]}
+            offset += n
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(out_dir / fname, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little") + raw)
+            for name in group:
+                shape = shapes[name]
+                # write big tensors in row blocks so that building stays light on memory too
+                rows_per = max(1, (8 << 20) // (4 * int(np.prod(shape[1:])) if len(shape) > 1 else 1))
+                total_rows = shape[0]
+                for r0 in range(0, total_rows, rows_per):
+                    r1 = min(total_rows, r0 + rows_per)
+                    block = rng.standard_normal((r1 - r0, *shape[1:]), dtype=np.float32) * 0.05
+                    if len(shape) == 1:
+                        block = block + 1.0
+                    if dtype == "bfloat16":
+                        block = (block.view(np.uint32) >> 16).astype(np.uint16)
+                    fh.write(block.tobytes())
+    (out_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n")
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "head_dim": head_dim, "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "rope_scaling": dict(TINY_ROPE_SCALING),
+        "tie_word_embeddings": False, "torch_dtype": dtype, "vocab_size": vocab,
+        "bos_token_id": n_bpe + LLAMA3_SPECIAL_TOKENS.index("<|begin_of_text|>"),
+        "eos_token_id": n_bpe + LLAMA3_SPECIAL_TOKENS.index("<|eot_id|>"),
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
