@@ -19,6 +19,7 @@ huggingface_hub is imported inside functions only."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -445,6 +446,13 @@ def _fetch_blob(repo: str, commit: str, rf: RemoteFile, progress: DownloadProgre
             except OSError as exc:
                 if isinstance(exc, LlamactlError):
                     raise
+                if exc.errno == errno.ENOSPC:
+                    from llamactl.errors import InsufficientResources
+
+                    raise InsufficientResources(
+                        f"the disk filled up while downloading {rf.filename} "
+                        f"({partial.stat().st_size} bytes kept in {partial.parent})",
+                        hint="free some space and run the pull again; it resumes") from None
                 if "Consistency check failed" in str(exc):
                     raise NetworkError(f"{rf.filename}: the download ended early",
                                        hint="run the pull again; it resumes") from None
@@ -559,10 +567,11 @@ def resolve_plan(ref: Any, revision: str | None = None) -> PullPlan:
         for repo in entry.gguf_repos:
             try:
                 listing = list_repo(repo, revision)
-                _, files = choose_files(listing, tag)
+                label, files = choose_files(listing, tag)
             except NotFound as exc:  # missing repository or quant: try the next source
                 misses.append(exc)
                 continue
+            tag = tag if label.lower() == tag else label.lower()  # q4_k_xl -> ud-q4_k_xl
             return PullPlan(name=f"{entry.name}:{tag}", model=entry.name, tag=tag, repo=repo,
                             commit=listing.commit, requested_revision=revision, files=files,
                             license_family=entry.license or listing.license_family,
@@ -585,7 +594,7 @@ def resolve_plan(ref: Any, revision: str | None = None) -> PullPlan:
         label, files = choose_files(listing, tag)
         tag = tag if label.lower() == tag else label.lower()
         name = ref.with_tag(tag)
-    return PullPlan(name=name, model=ref.with_tag(None) if not ref.filename else name, tag=tag,
+    return PullPlan(name=name, model=f"hf.co/{ref.repo}", tag=tag,
                     repo=ref.repo, commit=listing.commit, requested_revision=revision,
                     files=files, license_family=listing.license_family, listing=listing)
 
