@@ -3,9 +3,11 @@ RAM, and what context size fits. Pure data: it reads a GGUF header, looks at the
 (or takes --vram/--ram), and returns a Plan. Nothing is loaded, nothing printed.
 
 How llama.cpp places a model (what the plan mirrors, llama-cpp-python 0.3.36):
-- `n_gpu_layers = k` puts the last k repeating layers on the GPU; k = n_layer + 1 also puts
-  the output layer (output_norm, output) there. `token_embd` always stays on the CPU; a
-  model with tied embeddings gets a second copy of it on the GPU as its output layer.
+- `n_gpu_layers = k` (k >= 1) puts the output layer (output_norm, output) and the last
+  k - 1 repeating layers on the GPU (llama.cpp counts the output layer first; checked on
+  0.3.36's build through which tensors it repacks for the CPU); k = n_layer + 1 is all.
+  `token_embd` always stays on the CPU; a model with tied embeddings gets a second copy of
+  it on the GPU as its output layer.
 - Tensor overrides (`blk\\.N\\.ffn_(up|down|gate)_exps` -> CPU) keep the routed experts
   of layer N in RAM while the rest of that layer sits on the GPU.
 - The KV cache of each layer lives with the layer (offload_kqv). n_ctx is rounded up to a
@@ -264,9 +266,11 @@ def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, 
     """Bytes on each device for one placement."""
     L = shape.n_layer
     ngl = max(0, min(ngl, L + 1))
-    first_gpu = L - min(ngl, L)
+    # llama.cpp (as vendored in 0.3.36): i_gpu_start = max(n_layer + 1 - ngl, 0); slot
+    # n_layer is the output layer, so the output goes first, then the last layers.
+    first_gpu = max(L + 1 - ngl, 0)
     gpu_layers = list(range(first_gpu, L)) if ngl else []
-    output_gpu = ngl >= L + 1
+    output_gpu = ngl >= 1
     moe_cpu = [i for i in range(min(cpu_moe, L)) if shape.expert_bytes[i]]
     g_w = c_w = 0
     for i in range(L):
@@ -298,8 +302,8 @@ def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, 
             c_comp = 2 * act
         elif ngl == L + 1:
             c_comp = comp["ffn"] + 2 * act
-        else:
-            c_comp = max(comp["graph"] if ngl < L else comp["logits"] + act, comp["ffn"] + 2 * act)
+        else:  # some layers run on the CPU
+            c_comp = max(comp["attention"] + 3 * act, comp["ffn"] + 2 * act) + comp["masks"]
         overhead = CUDA_OVERHEAD
     else:
         g_comp = 0

@@ -81,8 +81,8 @@ def test_70b_on_24gb_keeps_about_half_its_layers_on_the_gpu(synthetic_gguf):
     plan = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB)
     assert plan.strategy == "partial-layers"
     assert 30 <= plan.n_gpu_layers <= 50
-    assert not plan.output_on_gpu
-    assert plan.layers_on_gpu == list(range(80 - plan.n_gpu_layers, 80))  # the last layers
+    assert plan.output_on_gpu  # llama.cpp offloads the output layer first
+    assert plan.layers_on_gpu == list(range(81 - plan.n_gpu_layers, 80))  # then the last layers
 
 
 def test_requested_context_is_kept(synthetic_gguf):
@@ -115,7 +115,8 @@ def test_manual_cpu_moe_and_gpu_layers(synthetic_gguf):
     assert plan.expert_layers_on_cpu == [0, 1, 2]
     assert plan.cpu_tensor_patterns == [r"blk\.(0|1|2)\.ffn_(up|down|gate)_exps"]
     plan = _plan(synthetic_gguf, "llama3.3-70b", 80 * GIB, gpu_layers=10)
-    assert plan.n_gpu_layers == 10 and plan.layers_on_gpu == list(range(70, 80))
+    assert plan.n_gpu_layers == 10 and plan.layers_on_gpu == list(range(71, 80))
+    assert plan.output_on_gpu
 
 
 def test_kv_cache_types(synthetic_gguf):

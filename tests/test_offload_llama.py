@@ -58,3 +58,47 @@ def test_kv_cache_matches_llama_cpp(tiny_models, which, ctx, kv, fa):
     # the compute buffer is an estimate: the right order of magnitude
     reported = got["buffers"]["compute"]["CPU"] * MIB
     assert 0.5 * reported <= plan.cpu["compute"] <= 2.0 * reported
+
+
+_PLACEMENT_SCRIPT = r"""
+import ctypes, json, re, sys
+import llama_cpp
+from llama_cpp._ggml import libggml as g
+lines = []
+@llama_cpp.llama_log_callback
+def cb(level, text, ud):
+    lines.append(text.decode(errors="replace"))
+llama_cpp.llama_log_set(cb, ctypes.c_void_p(0))
+g.ggml_backend_dev_get.restype = ctypes.c_void_p
+g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+# the CPU device as the "GPU": layers llama.cpp offloads skip the CPU-only repacking
+devices = (ctypes.c_void_p * 2)(g.ggml_backend_dev_get(0), None)
+params = llama_cpp.llama_model_default_params()
+params.devices = ctypes.addressof(devices)
+params.n_gpu_layers = int(sys.argv[2])
+model = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), params)
+assert model
+print(json.dumps(sorted(set(re.findall(r"repack tensor (\S+)", "".join(lines))))))
+"""
+
+
+def test_layer_placement_matches_llama_cpp(tiny_models, tmp_path):
+    """Which layers n_gpu_layers = k offloads: llama.cpp repacks quantized weights only on
+    the CPU path, so the repacked tensors name the layers it kept on the CPU."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    if "REPACK = 1" not in info:
+        pytest.skip("this build does not repack weights for the CPU")
+    q4 = tmp_path / "dense-q4_0.gguf"
+    qp = llama_cpp.llama_model_quantize_default_params()
+    qp.ftype = 2  # Q4_0
+    assert llama_cpp.llama_model_quantize(str(tiny_models["dense"]).encode(), str(q4).encode(), qp) == 0
+    for ngl in (0, 1, 2, 3, 4):
+        proc = subprocess.run([sys.executable, "-c", _PLACEMENT_SCRIPT, str(q4), str(ngl)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        repacked = json.loads(proc.stdout.strip().splitlines()[-1])
+        cpu_layers = {int(name.split(".")[1]) for name in repacked if name.startswith("blk.")}
+        plan = plan_for_model(q4, ctx=256, vram=1 * GIB, ram=8 * GIB, gpu_layers=ngl)
+        assert cpu_layers == set(range(plan.n_layers)) - set(plan.layers_on_gpu), ngl
