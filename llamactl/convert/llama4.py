@@ -204,6 +204,24 @@ def _expect(t, shape: tuple[int, ...]) -> None:
                              "the config does not match the weights")
 
 
+TRANSPOSE_TILE = 512
+
+
+def transpose_tiled(x):
+    """A C-contiguous copy of `x.T` (2-D), copied tile by tile: about twice as fast as
+    numpy's plain strided copy on real expert slices (5120 x 8192), whose rows do not fit
+    the cache."""
+    import numpy as np
+
+    rows, cols = x.shape
+    out = np.empty((cols, rows), dtype=x.dtype)
+    step = TRANSPOSE_TILE
+    for i in range(0, rows, step):
+        for j in range(0, cols, step):
+            out[j:j + step, i:i + step] = x[i:i + step, j:j + step].T
+    return out
+
+
 def expert_job(t, gguf_name: str, ggml_type: str, part: str, n_ff: int, transpose: bool = True):
     """Routed experts of one layer, streamed expert by expert from the mapped shard.
 
@@ -232,7 +250,7 @@ def expert_job(t, gguf_name: str, ggml_type: str, part: str, n_ff: int, transpos
             for e in range(n_exp):
                 block = m.array[e, :, lo:hi]            # [in, out]: transposed vs linear weights
                 if transpose:
-                    block = block.T                     # a strided view: [out rows, in]
+                    block = transpose_tiled(block)      # [out rows, in], contiguous
                 else:
                     block = np.ascontiguousarray(block).reshape(out_shape[1:])
                 yield convert_block(block, t.dtype, ggml_type)
