@@ -6,8 +6,9 @@
 #
 # What it does:
 #  1. builds llama-cpp-python with CUDA into a fresh virtual environment (VENV, default
-#     .venv-cuda; CUDA_ARCH=90 builds for one architecture only, which is much faster) and
-#     installs llamactl there;
+#     .venv-cuda; CUDA_ARCH, default this GPU's compute capability from nvidia-smi, builds
+#     for one architecture only; LLAMA_CPP_PYTHON_SRC may name a local sdist for offline
+#     machines, with PIP_FIND_LINKS for the other packages) and installs llamactl there;
 #  2. writes small models itself (tests/synthetic/tiny.py: a dense Llama and a Llama 4 MoE
 #     with random weights, a few hundred MiB each; SIZE=tiny for the test-suite sizes);
 #  3. loads each in its own process (tests/synthetic/llama_probe.py) with full offload, and
@@ -35,7 +36,7 @@ PYTHON="${PYTHON:-}"
 for arg in "$@"; do
     case "$arg" in
         --skip-build) SKIP_BUILD=1 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -53,11 +54,15 @@ else
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     cmake_args="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+    if [ -z "${CUDA_ARCH:-}" ] && command -v nvidia-smi >/dev/null 2>&1; then
+        # build for this GPU only (e.g. 9.0 -> 90): minutes instead of a build for every arch
+        CUDA_ARCH="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')"
+    fi
     if [ -n "${CUDA_ARCH:-}" ]; then cmake_args="$cmake_args -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH"; fi
     # CUDA first, then llamactl (which then finds llama-cpp-python installed); no wheel
     # cache: pip's cache does not key on CMAKE_ARGS.
     CMAKE_ARGS="$cmake_args" "$VENV/bin/python" -m pip install --no-cache-dir \
-        "llama-cpp-python>=0.3.36,<0.4"
+        "${LLAMA_CPP_PYTHON_SRC:-llama-cpp-python>=0.3.36,<0.4}"
     "$VENV/bin/python" -m pip install -q -e "$REPO"
     PYTHON="$VENV/bin/python"
 fi
