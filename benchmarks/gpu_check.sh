@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GPU check for the memory plan and the MoE expert overrides.
 #
-#   benchmarks/gpu_check.sh                 build a CUDA llama-cpp-python into .venv-cuda, run
+#   benchmarks/gpu_check.sh                 build a CUDA llama-cpp-python, then run the checks
 #   benchmarks/gpu_check.sh --skip-build    use $PYTHON (default .venv/bin/python) as it is
 #
 # What it does:
 #  1. builds llama-cpp-python with CUDA into a fresh virtual environment (VENV, default
-#     .venv-cuda; CUDA_ARCH, default this GPU's compute capability from nvidia-smi, builds
+#     $TMPDIR/llamactl-venv-cuda; CUDA_ARCH, default this GPU's compute capability from nvidia-smi, builds
 #     for one architecture only; LLAMA_CPP_PYTHON_SRC may name a local sdist for offline
 #     machines, with PIP_FIND_LINKS for the other packages) and installs llamactl there;
 #  2. writes small models itself (tests/synthetic/tiny.py: a dense Llama and a Llama 4 MoE
@@ -26,7 +26,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$REPO/.venv-cuda}"
+VENV="${VENV:-${TMPDIR:-/tmp}/llamactl-venv-cuda}"
 OUT="${OUT:-${TMPDIR:-/tmp}/llamactl-gpu-check}"
 CTX="${CTX:-4096}"
 SIZE="${SIZE:-small}"
@@ -36,7 +36,7 @@ PYTHON="${PYTHON:-}"
 for arg in "$@"; do
     case "$arg" in
         --skip-build) SKIP_BUILD=1 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
