@@ -127,3 +127,25 @@ def test_show_reads_the_gguf_header(cli, two_quants_sharing_a_blob, small_gguf, 
     absent = cli("show", "scout")
     assert absent.returncode == 4
     assert "llamactl pull scout" in absent.err
+
+
+@pytest.mark.slow
+def test_rm_asks_on_a_terminal(two_quants_sharing_a_blob):
+    pexpect = pytest.importorskip("pexpect")
+    f16 = two_quants_sharing_a_blob["f16"]
+    child = pexpect.spawn(sys.executable, ["-m", "llamactl", "rm", "1b:f16"], cwd=str(REPO),
+                          env=dict(os.environ), timeout=60, encoding="utf-8")
+    child.expect(r"Remove llama3.2-1b:f16\? \[y/N\]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert Path(f16["path"]).is_file()
+    child = pexpect.spawn(sys.executable, ["-m", "llamactl", "rm", "1b:f16"], cwd=str(REPO),
+                          env=dict(os.environ), timeout=60, encoding="utf-8")
+    child.expect(r"\[y/N\]")
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert not Path(f16["files"][0]["blob"]).exists()
