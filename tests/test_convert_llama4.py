@@ -532,3 +532,16 @@ def test_real_scout_and_maverick_map_onto_llama_cpp_tensors(key, tmp_path):
     # routed experts are about 96% of Maverick
     if key == "llama4-maverick":
         assert plan.n_expert_params * hp.n_expert / plan.n_params > 0.95
+
+
+def test_long_context_only_differences_convert_with_a_note(llama4_checkpoint_factory, tmp_path):
+    from llamactl.convert import convert_checkpoint
+
+    odd = _copy_with_config(llama4_checkpoint_factory("maverick"), tmp_path / "odd",
+                            lambda tc, cfg: tc.update(attention_chunk_size=4096, attn_temperature_tuning=False))
+    result = convert_checkpoint(odd, tmp_path / "odd.gguf", outtype="f32")
+    notes = " | ".join(result.details["notes"])
+    assert "attention chunks of 4096" in notes and "temperature tuning" in notes
+    assert "longer than 4096 tokens" in notes
+    plain = convert_checkpoint(llama4_checkpoint_factory("maverick"), tmp_path / "plain.gguf", outtype="f32")
+    assert not any("differ" in n for n in plain.details["notes"])

@@ -21,18 +21,19 @@ What llama.cpp's `llama4` loader expects, and how a Hugging Face checkpoint maps
 - No q/k rotary permutation: transformers' Llama 4 applies RoPE to adjacent pairs
   (complex multiplication), which is llama.cpp's native layout (Llama 3's checkpoints
   rotate halves and need the permutation; these do not — the parity tests show both).
-- llama.cpp derives three things from the architecture rather than from keys, so they are
-  checked here and refused when the checkpoint differs: RoPE is skipped on every 4th
-  layer (`no_rope_layers`), chunked attention of 8192 with temperature tuning (floor 8192,
-  scale 0.1) on the NoPE layers, and the QK L2 norm is applied unless the model has
-  exactly 128 experts.
+- llama.cpp derives some things from the architecture rather than from keys: RoPE is
+  skipped on every 4th layer (`no_rope_layers`) and the QK L2 norm is applied unless the
+  model has exactly 128 experts; a checkpoint that differs is refused (its answers would
+  differ on any prompt). Chunked attention of 8192 and the temperature tuning of the NoPE
+  layers (floor 8192, scale 0.1) are fixed too; a checkpoint that differs there is
+  converted with a note, since only prompts past 8192 tokens see it.
 - `rope_scaling` of type `llama3` (Scout) becomes the `rope_freqs` tensor.
 - The tokenizer is written with `tokenizer.ggml.pre = llama4` (llama.cpp's o200k-style
   split rule), Llama 4's special tokens as control tokens, EOT `<|eot|>`, EOM `<|eom|>`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,6 +71,7 @@ class Llama4HParams:
     vocab_size: int
     use_qk_norm: bool
     tied: bool
+    notes: list[str] = field(default_factory=list)   # differences llama.cpp will show, for people
 
     def is_moe(self, layer: int) -> bool:
         return (layer + 1) % self.moe_step == 0
@@ -151,14 +153,19 @@ def hparams_from_config(config: dict[str, Any]) -> Llama4HParams:
     if [int(bool(x)) for x in list(no_rope)[:n_layer]] != expect_rope:
         raise LlamactlError("this checkpoint's no-RoPE layers differ from llama.cpp's fixed pattern "
                             "(RoPE skipped on every 4th layer); it would not give the same answers")
-    chunk = tc.get("attention_chunk_size")
-    if chunk is not None and int(chunk) != LLAMACPP_CHUNK:
-        raise LlamactlError(f"attention_chunk_size {chunk} differs from llama.cpp's fixed {LLAMACPP_CHUNK}")
-    if tc.get("attn_temperature_tuning", True) and (
-            int(tc.get("floor_scale", LLAMACPP_ATTN_FLOOR_SCALE)) != LLAMACPP_ATTN_FLOOR_SCALE
-            or abs(float(tc.get("attn_scale", LLAMACPP_ATTN_SCALE)) - LLAMACPP_ATTN_SCALE) > 1e-9):
-        raise LlamactlError("attention temperature tuning (floor_scale, attn_scale) differs from "
-                            "llama.cpp's fixed 8192 and 0.1")
+    # differences that only show past thousands of tokens: converted, with a note
+    long_context: list[str] = []
+    chunk = tc.get("attention_chunk_size", LLAMACPP_CHUNK)   # transformers' default when absent
+    if chunk is None or int(chunk) != LLAMACPP_CHUNK:
+        long_context.append(f"attention chunks of {chunk} tokens (llama.cpp: {LLAMACPP_CHUNK})")
+    if not tc.get("attn_temperature_tuning", True):
+        long_context.append("no attention temperature tuning (llama.cpp applies it on NoPE layers)")
+    elif (int(tc.get("floor_scale", LLAMACPP_ATTN_FLOOR_SCALE)) != LLAMACPP_ATTN_FLOOR_SCALE
+          or abs(float(tc.get("attn_scale", LLAMACPP_ATTN_SCALE)) - LLAMACPP_ATTN_SCALE) > 1e-9):
+        long_context.append(f"attention temperature floor_scale {tc.get('floor_scale')} and attn_scale "
+                            f"{tc.get('attn_scale')} (llama.cpp: {LLAMACPP_ATTN_FLOOR_SCALE} and {LLAMACPP_ATTN_SCALE})")
+    notes = [f"this checkpoint has {what}: llama.cpp's answers will differ from the original's on prompts "
+             f"longer than {min(LLAMACPP_CHUNK, int(chunk or LLAMACPP_CHUNK))} tokens" for what in long_context]
     use_qk_norm = bool(tc.get("use_qk_norm", True))
     if use_qk_norm != (n_expert != LLAMACPP_NO_QK_NORM_EXPERTS):
         raise LlamactlError(
@@ -175,7 +182,7 @@ def hparams_from_config(config: dict[str, Any]) -> Llama4HParams:
         moe_step=step, rms_eps=float(tc.get("rms_norm_eps", 1e-5)),
         rope_theta=theta, rope_scaling=scaling,
         context_length=int(tc.get("max_position_embeddings") or 131072),
-        vocab_size=int(need("vocab_size")), use_qk_norm=use_qk_norm, tied=tied,
+        vocab_size=int(need("vocab_size")), use_qk_norm=use_qk_norm, tied=tied, notes=notes,
     )
 
 
@@ -400,7 +407,7 @@ def convert(ckpt, out_path: Path, outtype: str, progress=None, *, name: str | No
 
     size = common.write_gguf(Path(out_path), ARCH, add_metadata, plan.jobs, progress)
     skipped = set(plan.skipped)
-    notes = []
+    notes = list(hp.notes)
     if plan.skipped:
         n_bytes = sum(ckpt.tensors[n].nbytes for n in plan.skipped)
         notes.append(f"left out the vision tower and projector ({len(plan.skipped)} tensors, "
