@@ -37,7 +37,7 @@ _QUANT_RE = re.compile(
     r"|bf16|fp16|fp32|f16|f32))$",
     re.I,
 )
-LICENSE_FILE_RE = re.compile(r"^(license|licence|use_policy|notice)([._-].*)?$", re.I)
+LICENSE_FILE_RE = re.compile(r"^(license|licence|use_policy)([._-].*)?$", re.I)
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
@@ -94,8 +94,10 @@ class RepoListing:
         return None
 
     def license_files(self) -> list[str]:
-        return sorted(f.filename for f in self.files
-                      if "/" not in f.filename and LICENSE_FILE_RE.match(f.filename))
+        # the license first, then the Acceptable Use Policy
+        return sorted((f.filename for f in self.files
+                       if "/" not in f.filename and LICENSE_FILE_RE.match(f.filename)),
+                      key=lambda n: (n.lower().startswith("use"), n))
 
     def quants(self) -> list[str]:
         return sorted({q for f in self.files if _is_model_gguf(f.filename)

@@ -120,3 +120,8 @@ def test_choosing_files_by_tag():
         choose_files(listing, "bf16")
     parts = files_for_path(listing, "Q8_0/M-Q8_0-00002-of-00002.gguf")
     assert [p.filename for p in parts][0].endswith("00001-of-00002.gguf")
+
+
+def test_license_files_shown_are_the_license_then_the_use_policy():
+    listing = _listing("README.md", "USE_POLICY.md", "NOTICE", "LICENSE", "original/LICENSE")
+    assert listing.license_files() == ["LICENSE", "USE_POLICY.md"]

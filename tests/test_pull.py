@@ -164,6 +164,12 @@ def test_gated_repository_is_exit_5_and_never_shows_the_token(cli, hubsim, one_b
     assert ok.returncode == 0, ok.err
     assert good not in ok.err + ok.out
     assert any(r["auth"] for r in gguf_gets(hubsim, "Gated-Q4_K_M.gguf"))
+    # The token saved by `hf auth login` (HF_HOME/token) works as well.
+    assert cli("rm", "hf.co/meta-llama/Gated-GGUF", "--yes").returncode == 0
+    (Path(os.environ["HF_HOME"]) / "token").write_text(good)
+    saved = cli("pull", "hf.co/meta-llama/Gated-GGUF")
+    assert saved.returncode == 0, saved.err
+    assert good not in saved.err + saved.out
 
 
 def test_corrupted_download_exits_7_registers_nothing_and_a_later_pull_succeeds(cli, hubsim, one_b):
