@@ -545,3 +545,24 @@ def test_long_context_only_differences_convert_with_a_note(llama4_checkpoint_fac
     assert "longer than 4096 tokens" in notes
     plain = convert_checkpoint(llama4_checkpoint_factory("maverick"), tmp_path / "plain.gguf", outtype="f32")
     assert not any("differ" in n for n in plain.details["notes"])
+
+
+def test_rope_freqs_for_real_scout_scaling_match_transformers():
+    """Scout's own llama3 scaling (factor 16, low = high = 1, original context 8192):
+    llama.cpp divides each frequency by rope_freqs; transformers' scaled frequencies must
+    be the unscaled ones divided by exactly those factors."""
+    import numpy as np
+    from transformers import Llama4TextConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from llamactl.convert.llama4 import hparams_from_config, llama3_rope_freqs
+
+    tc = dict(REAL_TEXT_CONFIGS["llama4-scout"])
+    hp = hparams_from_config({"model_type": "llama4", "text_config": tc})
+    factors = llama3_rope_freqs(hp)
+    cfg = Llama4TextConfig(head_dim=128, hidden_size=5120, num_attention_heads=40, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, **{k: v for k, v in tc["rope_scaling"].items() if k != "rope_type"}})
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    base = 1.0 / (500000.0 ** (np.arange(0, 128, 2, dtype=np.float64) / 128))
+    np.testing.assert_allclose(base / factors, scaled.double().numpy(), rtol=1e-5)
+    assert factors.shape == (64,) and set(np.unique(factors)) == {1.0, 16.0}
