@@ -25,7 +25,7 @@ this kit. The model's vocabulary is padded past the tokenizer (as Scout's 202048
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +249,6 @@ def reference_logits(ckpt_dir: Path, token_ids: list[int]):
     with torch.no_grad():
         out = model(input_ids=torch.tensor([token_ids]), use_cache=False)
     return out.logits[0].float().numpy()
-
-
-def spec_with(spec: Llama4Spec, **changes) -> Llama4Spec:
-    return replace(spec, **changes)
 
 
 def build_large_llama4_checkpoint(out_dir: Path, *, n_layers: int = 2, hidden: int = 1024, expert_ffn: int = 2048,
