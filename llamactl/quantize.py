@@ -11,11 +11,10 @@ from __future__ import annotations
 import ctypes
 import re
 import struct
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llamactl.errors import IntegrityError, LlamactlError, NotFound, UsageError
 
@@ -185,53 +184,82 @@ def _imatrix_array(values: dict[str, Any]):
 
 # ----------------------------------------------------------------------- quantizing
 
-class _LogCapture:
-    """llama.cpp's log, kept in memory while quantizing (never printed)."""
-
-    def __init__(self) -> None:
-        import llama_cpp
-
-        self.lines: list[str] = []
-
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
-            if text:
-                self.lines.append(text.decode("utf-8", "replace"))
-
-        self._callback = callback
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def failure(self) -> str | None:
-        for line in self.lines:
-            m = re.search(r"failed to quantize: (.*)", line)
-            if m:
-                return m.group(1).strip()
-        return None
+def _failure(log: str) -> str | None:
+    for line in log.splitlines():
+        m = re.search(r"failed to quantize: (.*)", line)
+        if m:
+            return m.group(1).strip()
+    return None
 
 
-_KEEP_CALLBACKS: list[Any] = []   # llama.cpp may still hold the last callback
+def _child_main() -> None:
+    """Runs in a child process: one llama_model_quantize call described by argv[1] (JSON);
+    prints {"rc", "log"} as JSON. llama.cpp's log is captured, never printed."""
+    import json
+    import sys
+
+    import llama_cpp
+
+    req = json.loads(sys.argv[1])
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
+        if text:
+            lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = req["ftype"]
+    params.nthread = req["nthread"]
+    params.allow_requantize = req["allow_requantize"]
+    params.quantize_output_tensor = req["quantize_output_tensor"]
+    params.pure = req["pure"]
+    params.keep_split = False
+    params.dry_run = req["dry_run"]
+    keep: list[Any] = []
+    if req.get("imatrix"):
+        arr, keep = _imatrix_array(load_imatrix(Path(req["imatrix"])))
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    rc = llama_cpp.llama_model_quantize(req["src"].encode(), req["out"].encode(), ctypes.byref(params))
+    del keep
+    sys.stdout.write(json.dumps({"rc": int(rc), "log": "".join(lines)}) + "\n")
+    sys.stdout.flush()
 
 
-def _run_in_thread(fn: Callable[[], int]) -> int:
-    """Run a long C call in a thread so that Ctrl-C reaches the main thread."""
-    result: dict[str, Any] = {}
+def _run_child(req: dict[str, Any]) -> tuple[int, str]:
+    """Quantize in a child process, so that Ctrl-C can stop llama.cpp at once (a C call in
+    this process cannot be interrupted, and would go on writing after we cleaned up).
+    Returns (rc, llama.cpp's log)."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    def target() -> None:
-        try:
-            result["rc"] = fn()
-        except BaseException as exc:  # pragma: no cover - ctypes rarely raises
-            result["exc"] = exc
-
-    worker = threading.Thread(target=target, name="llamactl-quantize", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)
-    if "exc" in result:
-        raise result["exc"]
-    return int(result["rc"])
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from llamactl.quantize import _child_main; _child_main()", json.dumps(req)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    try:
+        doc = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+        return int(doc["rc"]), str(doc["log"])
+    except (ValueError, IndexError, KeyError):
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        return -1, f"failed to quantize: the quantizer process ended abnormally ({tail[0]})"
 
 
 def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | None = None,
@@ -241,8 +269,6 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
     """Quantize `src` (a GGUF; for a split model its first part) to `qtype` at `out`
     (default: beside `src`, named for the type). `dry_run` writes nothing and returns
     llama.cpp's size estimate in `bytes`."""
-    import llama_cpp
-
     from llamactl.fsutil import atomic_path, check_free_space
     from llamactl.gguf_info import read_gguf
 
@@ -261,7 +287,8 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
             f"{src.name} is already quantized ({', '.join(quantized)}); requantizing stacks a second "
             "rounding error on the first and loses more quality than quantizing from F16/BF16",
             hint="quantize the full-precision GGUF instead, or pass --allow-requantize to do it anyway")
-    imatrix_values = load_imatrix(imatrix) if imatrix is not None else None
+    if imatrix is not None:
+        load_imatrix(imatrix)      # a missing or unreadable file fails here, before any work
     out = Path(out) if out is not None else default_output(src, name)
     if not dry_run:
         if out.resolve() in {p.resolve() for p in info.paths}:
@@ -272,36 +299,25 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
         check_free_space(out.parent if out.parent.exists() else Path.cwd(), min(estimate, info.tensor_bytes * 2),
                          f"the quantized model {out.name}")
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = int(threads or 0)
-    params.allow_requantize = bool(allow_requantize)
-    params.quantize_output_tensor = not leave_output_tensor
-    params.pure = bool(pure)
-    params.keep_split = False
-    params.dry_run = bool(dry_run)
-    keep: list[Any] = []
-    if imatrix_values is not None:
-        arr, keep = _imatrix_array(imatrix_values)
-        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-
-    log = _LogCapture()
-    _KEEP_CALLBACKS.append(log._callback)
-    del _KEEP_CALLBACKS[:-1]
+    request = {
+        "src": str(info.paths[0]), "ftype": ftype, "nthread": int(threads or 0),
+        "allow_requantize": bool(allow_requantize), "quantize_output_tensor": not leave_output_tensor,
+        "pure": bool(pure), "dry_run": bool(dry_run),
+        "imatrix": str(Path(imatrix).resolve()) if imatrix is not None else None,
+    }
     start = time.monotonic()
-    src_b = str(info.paths[0]).encode()
+    log = ""
 
     def run(target: Path) -> None:
-        rc = _run_in_thread(lambda: llama_cpp.llama_model_quantize(src_b, str(target).encode(),
-                                                                   ctypes.byref(params)))
+        nonlocal log
+        rc, log = _run_child({**request, "out": str(target)})
         if rc != 0:
-            reason = log.failure() or "llama.cpp could not quantize this model"
-            raise LlamactlError(f"quantizing {src.name} to {name} failed: {reason}",
-                                hint="run with LLAMACTL_DEBUG=1 for llama.cpp's log" if not reason else None)
+            reason = _failure(log) or "llama.cpp could not quantize this model"
+            raise LlamactlError(f"quantizing {src.name} to {name} failed: {reason}")
 
     if dry_run:
         run(out.with_name(f".{out.name}.dry-run"))
-        m = re.findall(r"quant size\s*=\s*([\d.]+) MiB", log.text())
+        m = re.findall(r"quant size\s*=\s*([\d.]+) MiB", log)
         size = int(float(m[-1]) * 1024 * 1024) if m else 0
         return QuantizeResult(None, name, src, sum(p.stat().st_size for p in info.paths), size,
                               info.n_params, size * 8 / max(1, info.n_params), time.monotonic() - start,
@@ -311,7 +327,6 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
         run(tmp)
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise LlamactlError(f"quantizing {src.name} produced no output")
-    del keep
     result_info = read_gguf(out)
     return QuantizeResult(
         path=out,
