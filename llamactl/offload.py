@@ -476,6 +476,12 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
                         "(give --vram SIZE to plan for a GPU)")
     elif not has_gpu:
         warnings.append(f"no GPU found: --gpu-layers {u['ngl']} passed on as asked")
+    if has_gpu and not flash_attn and strategy not in ("full-gpu", "manual"):
+        saved = (compute_bytes(shape, n_ctx, n_ubatch, False)["graph"]
+                 - compute_bytes(shape, n_ctx, n_ubatch, True)["graph"])
+        if saved >= 256 * MIB:
+            warnings.append(f"--flash-attn would free about {human_bytes(saved)} of GPU compute "
+                            "buffer for more of the model")
     if shape.swa_layers:
         warnings.append("Llama 4 chunked attention: llama.cpp keeps a full-size KV cache on every layer")
     if (gpu_layers is not None or cpu_moe is not None) and has_gpu and not fits_gpu(u):

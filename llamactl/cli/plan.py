@@ -91,6 +91,8 @@ def render(plan: Any, model_ref: str) -> list[str]:
     args = [f"--gpu-layers {plan.n_gpu_layers}", f"--ctx {plan.n_ctx}"]
     if plan.cpu_moe:
         args.append(f"--cpu-moe {plan.cpu_moe}")
+    if plan.flash_attn:
+        args.append("--flash-attn")
     if plan.fits:
         lines.append("")
         lines.append(f"run       llamactl chat {model_ref} {' '.join(args)}")
