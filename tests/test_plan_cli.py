@@ -69,3 +69,15 @@ def test_missing_and_foreign_files(cli, tmp_path):
     other.write_text("hello")
     proc = cli("plan", str(other))
     assert proc.returncode == 7 and proc.err.count("\n") <= 2
+
+
+def test_plan_by_registered_name(cli, synthetic_gguf):
+    from llamactl import registry
+
+    path = synthetic_gguf("llama3.3-70b")
+    registry.put({"name": "my70b", "model": "llama3.3-70b", "tag": "q4_k_m", "source": "local",
+                  "path": str(path), "size": path.stat().st_size})
+    proc = cli("plan", "my70b", "--vram", "24GiB", "--ram", "64GiB", "--json")
+    assert proc.returncode == 0, proc.err
+    doc = json.loads(proc.out)
+    assert doc["model"] == str(path) and doc["strategy"] == "partial-layers"
