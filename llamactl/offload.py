@@ -462,8 +462,8 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
     manual = gpu_layers is not None or cpu_moe is not None
     fits = chosen is not None and fits_cpu(chosen[0])
     if chosen is None:
-        # nothing fits the GPU (manual settings): report the least-GPU candidate
-        ngl, k, strategy = _candidates(shape, gpu_layers, cpu_moe)[-1]
+        # nothing fits the GPU (only with manual settings): keep what was asked
+        ngl, k, strategy = _candidates(shape, gpu_layers, cpu_moe)[0]
         u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
         chosen = (u, strategy, k)
     u, strategy, k = chosen

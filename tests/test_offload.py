@@ -146,3 +146,12 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(UsageError):
         parse_size(text)
+
+
+def test_manual_layers_are_kept_without_a_gpu(synthetic_gguf):
+    plan = _plan(synthetic_gguf, "llama4-scout", 0, gpu_layers=99)
+    assert plan.n_gpu_layers == 49 and plan.cpu_tensor_patterns == []  # as asked, no experts moved
+    assert any("no GPU found" in w for w in plan.warnings)
+    plan = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, gpu_layers=81)  # too big: warned, not refused
+    assert plan.n_gpu_layers == 81 and not plan.fits
+    assert any("requested placement needs" in w for w in plan.warnings)
