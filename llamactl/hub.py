@@ -235,7 +235,8 @@ def choose_files(listing: RepoListing, tag: str) -> tuple[str, list[RemoteFile]]
         raise NotFound(
             f"{listing.repo} has no {tag.upper()} GGUF",
             hint=(f"available: {', '.join(q.lower() for q in have)}" if have
-                  else "this repository holds no GGUF files; try a -GGUF repository"),
+                  else f"it holds no GGUF files; pull a -GGUF repository, or convert this "
+                       f"checkpoint: `llamactl pull hf.co/{listing.repo} --from safetensors`"),
         )
     keys.sort(key=lambda k: (k[0].count("/"), k[0]))
     key = keys[0]
