@@ -314,3 +314,11 @@ def test_bf16_rounding_matches_torch():
     np.testing.assert_array_equal(float32_to_bf16(x), expected)
     nan = float32_to_bf16(np.array([np.nan], dtype=np.float32))
     assert (nan[0] & 0x7F80) == 0x7F80 and (nan[0] & 0x7F) != 0
+
+
+def test_unsupported_rope_scaling_is_refused_before_writing(tiny_checkpoint, tmp_path, cli):
+    ckpt = _broken_copy(tiny_checkpoint, tmp_path / "ck")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    _expect_failure(cli, ckpt, tmp_path, 1, "yarn", "not supported")

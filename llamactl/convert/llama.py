@@ -102,6 +102,11 @@ class Hparams:
         if self.n_head % self.n_head_kv:
             raise LlamactlError(f"config.json: num_attention_heads {self.n_head} is not a multiple of "
                                 f"num_key_value_heads {self.n_head_kv}")
+        if self.scaling is not None:
+            rope_type = self.scaling.get("rope_type", self.scaling.get("type"))
+            if rope_type not in ("llama3", "linear"):
+                raise LlamactlError(f"config.json: rope_scaling type {rope_type!r} is not supported for Llama "
+                                    "conversion (llama3 and linear are)")
         if config.get("attention_bias") or config.get("mlp_bias"):
             raise LlamactlError("config.json: attention or MLP biases are not supported for Llama 3 conversion")
 
@@ -212,8 +217,6 @@ def convert(ckpt: common.Checkpoint, out_path: Path, outtype: str, progress: com
 
                 writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
                 writer.add_rope_scaling_factor(float(hp.scaling["factor"]))
-            elif rope_type != "llama3":
-                raise LlamactlError(f"rope_scaling type {rope_type!r} is not supported for Llama conversion")
         common.write_tokenizer(writer, tok, PRE_TOKENIZER)
 
     nbytes = common.write_gguf(out_path, ARCH, metadata, jobs, progress)
