@@ -395,3 +395,21 @@ def test_resume_through_a_cdn_redirect(cli, hubsim, big_gguf):
     gets = [r for r in hubsim.log[before:] if r["method"] == "GET" and r["path"].startswith("/cdn/")]
     assert [g["range"] for g in gets] == ["bytes=10485760-"]
     assert sha256(Path(json.loads(again.out)["path"])) == sha256(big_gguf)
+
+
+def test_pulled_files_are_found_by_other_hugging_face_tools(cli, hubsim, one_b):
+    entry = json.loads(cli("pull", "1b", "--accept-license", "--json").out)
+    from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+
+    cache = Path(os.environ["HF_HOME"]) / "hub"
+    found = try_to_load_from_cache(ONE_B, "Llama-3.2-1B-Instruct-Q4_K_M.gguf", cache_dir=str(cache))
+    assert found is not None and Path(found) == Path(entry["path"])  # via refs/main
+    repos = {r.repo_id: r for r in scan_cache_dir(cache).repos}
+    assert repos[ONE_B].size_on_disk == one_b["q4"].stat().st_size
+    # And huggingface_hub, offline, is served from the same file instead of downloading.
+    code = ("import sys; from huggingface_hub import hf_hub_download; "
+            f"print(hf_hub_download({ONE_B!r}, 'Llama-3.2-1B-Instruct-Q4_K_M.gguf'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == Path(entry["path"])

@@ -76,6 +76,9 @@ def test_list_shows_what_was_pulled(cli, two_quants_sharing_a_blob):
     assert plain.returncode == 0
     assert plain.out.splitlines()[0].split()[:2] == ["NAME", "SIZE"]
     assert "llama3.2-1b:q8_0" in plain.out
+    catalog = {e["name"]: e for e in json.loads(cli("models", "--json").out)}
+    assert catalog["llama3.2-1b"]["on_this_machine"] == ["f16", "q4_k_m", "q8_0"]
+    assert catalog["llama3.2-3b"]["on_this_machine"] == []
 
 
 def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):

@@ -58,12 +58,19 @@ def register(app: Any) -> None:
     @app.command("models", help="List the models llamactl knows (the catalog): aliases, "
                                 "sources, default quant, license.")
     def models_cmd(as_json: JsonOpt = False) -> None:
-        from llamactl import catalog
+        from llamactl import catalog, registry
 
         entries = catalog.load()
+        here: dict[str, list[str]] = {}
+        for r in registry.entries():
+            if r.get("model") and r.get("tag"):
+                here.setdefault(r["model"], []).append(r["tag"])
         if as_json:
-            output.json_doc([e.to_dict() for e in entries])
+            output.json_doc([{**e.to_dict(), "on_this_machine": sorted(here.get(e.name, []))}
+                             for e in entries])
             return
-        print_rows(["NAME", "ALIASES", "PARAMS", "CONTEXT", "DEFAULT", "LICENSE", "GGUF SOURCE"],
+        print_rows(["NAME", "ALIASES", "PARAMS", "CONTEXT", "DEFAULT", "LICENSE", "HERE",
+                    "GGUF SOURCE"],
                    [[e.name, ",".join(e.aliases) or "-", _params(e), _ctx(e.context_length),
-                     e.default_tag, e.license or "-", (e.gguf_repos or ["-"])[0]] for e in entries])
+                     e.default_tag, e.license or "-", ",".join(sorted(here.get(e.name, []))) or "-",
+                     (e.gguf_repos or ["-"])[0]] for e in entries])
