@@ -322,3 +322,19 @@ def test_unsupported_rope_scaling_is_refused_before_writing(tiny_checkpoint, tmp
     cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
     (ckpt / "config.json").write_text(json.dumps(cfg))
     _expect_failure(cli, ckpt, tmp_path, 1, "yarn", "not supported")
+
+
+def test_merges_as_strings_like_metas_tokenizer_json(tiny_checkpoint, tiny_gguf, tmp_path):
+    """Meta's tokenizer.json stores merges as "a b" strings; newer tokenizers as pairs."""
+    from llamactl.convert import convert_checkpoint
+
+    ckpt = _broken_copy(tiny_checkpoint, tmp_path / "ck")
+    tj = json.loads((ckpt / "tokenizer.json").read_text())
+    assert isinstance(tj["model"]["merges"][0], list)
+    tj["model"]["merges"] = [" ".join(pair) for pair in tj["model"]["merges"]]
+    (ckpt / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    out = tmp_path / "m.gguf"
+    convert_checkpoint(ckpt, out, "f32")
+    merges_a = read_meta(out)[0]["tokenizer.ggml.merges"]
+    merges_b = read_meta(tiny_gguf)[0]["tokenizer.ggml.merges"]
+    assert merges_a == merges_b and len(merges_a) > 200 and merges_a[0] == "Ġ a"
