@@ -413,3 +413,19 @@ def test_pulled_files_are_found_by_other_hugging_face_tools(cli, hubsim, one_b):
                           env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == Path(entry["path"])
+
+
+@pytest.mark.slow
+def test_resume_when_the_server_ignores_the_range_starts_over_and_still_verifies(cli, hubsim, big_gguf):
+    name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
+    hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
+    hubsim.cut_after[name] = 11 * 1024 * 1024
+    hubsim.fail_after_cut[name] = 100
+    assert cli("pull", "1b", "--accept-license").returncode == 6
+    hubsim.clear_faults()
+    hubsim.ignore_range = True
+    again = cli("pull", "1b", "--json")
+    assert again.returncode == 0, again.err
+    path = Path(json.loads(again.out)["path"])
+    assert path.stat().st_size == big_gguf.stat().st_size  # not the old prefix plus the whole file
+    assert sha256(path) == sha256(big_gguf)

@@ -79,6 +79,7 @@ class HubSim:
         self.fail_after_cut: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.slow: dict[str, tuple[int, float]] = {}
+        self.ignore_range = False  # answer 200 with the whole file, as some proxies do
         self.redirect_lfs = False  # answer LFS files with a 302 to a "CDN" on another host name
         self.log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -295,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = 0, f.size - 1
         rng = self.headers.get("Range")
         status = 200
-        if rng and body:
+        if rng and body and not self.hub.ignore_range:
             m = re.match(r"bytes=(\d+)-(\d*)$", rng.strip())
             if m:
                 start = int(m.group(1))
