@@ -3,7 +3,7 @@
 Tiny random Scout-like (every layer MoE, 4 experts, QK norm, llama3 rope scaling) and
 Maverick-like (MoE every second layer with dense FFN layers between, 128 experts, no QK
 norm) checkpoints are converted and run by the real llama.cpp; their logits over a prompt
-of 150+ tokens (4 layers: layer 3 is a NoPE layer) are compared with transformers' float32
+of 400 tokens (4 layers: layer 3 is a NoPE layer) are compared with transformers' float32
 forward pass.
 
 Tolerances (max |Δlogit| over all positions and the whole vocabulary), measured here with

@@ -5,7 +5,7 @@
   config_style, text_overrides ...), once per spec per session. Treat it as read-only.
 - `llama4_gguf_factory(variant="scout", outtype="f32", **spec)` -> Path: that checkpoint
   converted by llamactl's converter, once per (spec, outtype).
-- `llama4_prompt_ids(ckpt)` -> list[int]: the parity prompt (150+ tokens of varied text,
+- `llama4_prompt_ids(ckpt)` -> list[int]: the parity prompt (400 tokens of varied text,
   BOS first) tokenized by the checkpoint's Hugging Face tokenizer.
 """
 
