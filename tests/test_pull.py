@@ -146,6 +146,7 @@ def test_split_files_in_a_subfolder_from_the_second_source(cli, hubsim, small_gg
     assert len(doc["paths"]) == 3 and doc["license_family"] == "llama4"
 
 
+@pytest.mark.slow
 def test_gated_repository_is_exit_5_and_never_shows_the_token(cli, hubsim, one_b, small_gguf, tmp_path):
     f = small_gguf(tmp_path / "g.gguf")[0]
     hubsim.add_repo("meta-llama/Gated-GGUF", {"Gated-Q4_K_M.gguf": f}, license="llama3.2", gated=True)

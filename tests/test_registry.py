@@ -69,6 +69,7 @@ def two_quants_sharing_a_blob(cli, hubsim, small_gguf, tmp_path):
     return entries
 
 
+@pytest.mark.slow
 def test_list_shows_what_was_pulled(cli, two_quants_sharing_a_blob):
     listed = json.loads(cli("list", "--json").out)
     assert [e["name"] for e in listed] == ["llama3.2-1b:f16", "llama3.2-1b:q4_k_m", "llama3.2-1b:q8_0"]
@@ -81,6 +82,7 @@ def test_list_shows_what_was_pulled(cli, two_quants_sharing_a_blob):
     assert catalog["llama3.2-3b"]["on_this_machine"] == []
 
 
+@pytest.mark.slow
 def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):
     q4, q8 = two_quants_sharing_a_blob["q4_k_m"], two_quants_sharing_a_blob["q8_0"]
     blob = Path(q4["files"][0]["blob"])
@@ -97,6 +99,7 @@ def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):
     assert not blob.exists()  # the last user is gone: the blob goes too
 
 
+@pytest.mark.slow
 def test_rm_refuses_to_prompt_without_a_terminal_and_dry_run_changes_nothing(cli, two_quants_sharing_a_blob):
     f16 = two_quants_sharing_a_blob["f16"]
     refused = cli("rm", "1b:f16")
@@ -113,6 +116,7 @@ def test_rm_refuses_to_prompt_without_a_terminal_and_dry_run_changes_nothing(cli
     assert missing.returncode == 4
 
 
+@pytest.mark.slow
 def test_show_reads_the_gguf_header(cli, two_quants_sharing_a_blob, small_gguf, tmp_path):
     proc = cli("show", "1b", "--json")
     assert proc.returncode == 0, proc.err
