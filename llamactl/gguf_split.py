@@ -28,6 +28,7 @@ SPLIT_SUFFIX = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 HUB_FILE_LIMIT = 50 * 10**9
+COPY_CHUNK = 16 * 2**20
 
 
 def parse_size(text: str | int) -> int:
@@ -119,13 +120,29 @@ def split_gguf(src: Path, out: Path, max_size: int | str,
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        # tensor data copied with plain reads in chunks (not through the reader's memory map,
+        # which would count the whole file in this process's resident memory)
+        by_name = {t.name: t for t in tensors}
         done = 0
-        for t in tensors:
-            start = int(t.data_offset)
-            writer.write_tensor_data(reader.data[start:start + int(t.n_bytes)])
-            done += int(t.n_bytes)
-            if progress is not None:
-                progress(t.name, done, total)
+        with open(src, "rb") as fh:
+            for fout, part in zip(writer.fout, writer.tensors):
+                for name in list(part):
+                    t = by_name[name]
+                    n = int(t.n_bytes)
+                    writer.write_padding(fout, fout.tell())
+                    fh.seek(int(t.data_offset))
+                    left = n
+                    while left:
+                        chunk = fh.read(min(COPY_CHUNK, left))
+                        if not chunk:
+                            raise IntegrityError(f"{src.name} is truncated inside tensor {name}")
+                        fout.write(chunk)
+                        left -= len(chunk)
+                    writer.write_padding(fout, n)
+                    del part[name]
+                    done += n
+                    if progress is not None:
+                        progress(name, done, total)
         writer.close()
         written = sorted(tmp_dir.iterdir())
         targets = [out] if n_parts == 1 else part_paths(out, n_parts)
