@@ -97,6 +97,10 @@ def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):
     proc = cli("rm", "llama3.2-1b:q8_0", "--yes")
     assert proc.returncode == 0, proc.err
     assert not blob.exists()  # the last user is gone: the blob goes too
+    repo_folder = blob.parent.parent
+    assert repo_folder.exists()  # the F16 is still there
+    assert cli("rm", "llama3.2-1b:f16", "--yes").returncode == 0
+    assert not repo_folder.exists()  # nothing left of the repository in the HF cache
 
 
 @pytest.mark.slow

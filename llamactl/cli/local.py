@@ -134,6 +134,39 @@ def _rm_plan(entry: dict[str, Any]) -> tuple[list[tuple[Path, int]], list[tuple[
     return delete, keep
 
 
+def _prune_cache_folders(deleted: list[Path]) -> None:
+    """Remove the Hugging Face cache folders a removal left empty: snapshot folders, and a
+    repository folder with no blobs (nor partial downloads) and no snapshots left."""
+    from llamactl import paths
+
+    cache = paths.hf_hub_cache().resolve()
+    repos = set()
+    for p in deleted:
+        try:
+            rel = p.parent.resolve().relative_to(cache)
+        except (ValueError, OSError):
+            continue
+        if not rel.parts or not rel.parts[0].startswith("models--"):
+            continue
+        repo = cache / rel.parts[0]
+        repos.add(repo)
+        folder = p.parent
+        while folder != repo / "snapshots" and folder != repo and folder.is_dir():
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+    for repo in repos:
+        blobs = repo / "blobs"
+        snapshots = repo / "snapshots"
+        if (not blobs.exists() or not any(blobs.iterdir())) and \
+                (not snapshots.exists() or not any(snapshots.iterdir())):
+            import shutil
+
+            shutil.rmtree(repo, ignore_errors=True)
+
+
 def _rm(model: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     from llamactl import registry
     from llamactl.errors import NotFound, UsageError
@@ -174,6 +207,7 @@ def _rm(model: str, yes: bool, dry_run: bool, as_json: bool) -> None:
             pass
         except OSError as exc:
             output.warn(f"could not delete {p}: {exc.strerror or exc}")
+    _prune_cache_folders([p for p, _ in delete])
     if as_json:
         output.json_doc(plan)
     else:
