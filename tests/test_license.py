@@ -37,7 +37,9 @@ def test_summary_is_llamactls_own_words_and_covers_the_terms():
 
 
 def test_accept_show_list_revoke(cli, isolated_home):
-    assert json.loads(cli("license", "show", "llama4", "--json").out)["accepted"] is None
+    shown = json.loads(cli("license", "show", "llama4", "--json").out)
+    assert shown["accepted"] is None
+    assert shown["catalog_models"] == ["llama4-maverick", "llama4-scout"]
     proc = cli("license", "accept", "llama4", "--json")
     assert proc.returncode == 0, proc.err
     record = json.loads(proc.out)

@@ -86,15 +86,19 @@ def register(app: Any) -> None:
     def show_cmd(family: FamilyArg, as_json: JsonOpt = False) -> None:
         from llamactl import licenses
 
+        from llamactl import catalog
+
         fam = licenses.get_family(family)
         rec = licenses.records().get(fam.id)
+        models = [e.name for e in catalog.load() if e.license == fam.id]
         if as_json:
             output.json_doc({"family": fam.id, "title": fam.title, "url": fam.url,
                              "use_policy": fam.policy_url, "summary": fam.summary(),
-                             "accepted": rec})
+                             "catalog_models": models, "accepted": rec})
             return
         output.data(summary_text(fam.id))
         output.data("")
+        output.data(f"catalog models: {', '.join(models) or 'none'}")
         output.data(f"accepted: {rec['accepted_at']} (llamactl {rec['llamactl_version']})"
                     if rec else f"accepted: no (`llamactl license accept {fam.id}`)")
 
