@@ -48,6 +48,14 @@ def _tps(row: dict) -> str:
     return f"{mean:.2f} ± {sd:.2f}"
 
 
+def _threads(row: dict) -> str:
+    """Generation threads, and prompt threads after a slash when they differ."""
+    t, tb = row.get("threads"), row.get("threads_batch")
+    if t is None:
+        return ""
+    return f"{t}/{tb}" if tb not in (None, t) else str(t)
+
+
 def _model_name(ref: str) -> str:
     return Path(ref).name if ref.lower().endswith(".gguf") else ref
 
@@ -66,7 +74,7 @@ def _columns(rows: list[dict], history: bool = False,
         ("params", lambda r: _params(r.get("model_params")), "right"),
         ("backend", lambda r: r.get("backend") or "", "left"),
         ("ngl", lambda r: "" if r.get("gpu_layers") is None else str(r["gpu_layers"]), "right"),
-        ("threads", lambda r: "" if r.get("threads") is None else str(r["threads"]), "right"),
+        ("threads", _threads, "right"),
     ]
     for key, header, default in _OPTIONAL_COLUMNS:
         shown = show_ctx if key == "n_ctx" else any(
@@ -117,7 +125,9 @@ def render_table(rows: list[dict], history: bool = False, show_ctx: bool = False
     cols = _columns(rows, history, show_ctx)
     tbl = Table(show_lines=False)
     for header, _, justify in cols:
-        tbl.add_column(header, justify=justify, no_wrap=header not in ("t/s", "type"))
+        wraps = header in ("model", "type", "host")
+        tbl.add_column(header, justify=justify, no_wrap=not wraps,
+                       overflow="fold" if wraps else "ellipsis", ratio=1 if wraps else None)
     for r in rows:
         cells = [str(get(r)) for _, get, _ in cols]
         tbl.add_row(*cells, style="red" if r.get("error") else None)
