@@ -54,6 +54,7 @@ class TinySpec:
     template_in: str = "tokenizer_config"   # tokenizer_config | jinja
     config_style: str = "meta"              # meta | transformers
     max_shard_size: str | None = None       # e.g. "200KB" to write several shards
+    train_steps: int = 0                    # > 0: train on the kit's corpus (a decisive model)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -109,6 +110,8 @@ def build_tiny_checkpoint(out_dir: Path, spec: TinySpec | None = None, **overrid
             else:
                 param.copy_(spec.std * torch.randn(param.shape, generator=gen))
     model.tie_weights()
+    if spec.train_steps:
+        _train(model, out_dir, spec)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
     model = model.to(dtype)
     save_kwargs = {"safe_serialization": True}
@@ -157,6 +160,37 @@ def build_tiny_checkpoint(out_dir: Path, spec: TinySpec | None = None, **overrid
     }
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def training_text() -> str:
+    """What a `train_steps` model learns: the kit's corpus, once."""
+    from tests.kit.tokenizer import corpus_lines
+
+    return "\n".join(corpus_lines(1))
+
+
+def _train(model, tok_dir: Path, spec: TinySpec) -> None:
+    """A few steps of AdamW on the corpus. A random model's next-token logits are nearly
+    tied (top-2 gaps below the rounding error of bf16 or Q8_0 at a few per cent of
+    positions); a trained one is decisive on its training text, as a real model is on
+    ordinary text, so greedy top-1 agreement can be checked strictly."""
+    import torch
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    data = torch.tensor(tok.encode(training_text()).ids, dtype=torch.long)
+    seq = min(128, len(data) - 1)
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(spec.train_steps):
+        starts = torch.randint(0, len(data) - seq, (4,), generator=gen)
+        batch = torch.stack([data[s:s + seq] for s in starts])
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
 
 
 def load_reference(ckpt_dir: Path):
