@@ -389,6 +389,10 @@ class Engine:
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self._piece_cache: dict[int, bytes] = {}
         self._history: list[int] = []     # the last prompt + every token sampled after it
+        # per history token: its text is its special form (template text, an end-of-turn
+        # token) rather than the plain form an answer shows (special tokens as nothing)
+        self._history_special: list[bool] = []
+        self._built: tuple[list[int], list[bool]] | None = None   # chat_tokens' last result
         self.last_stats: Stats | None = None
         self.evaluated_total = 0          # tokens evaluated by this engine, for tests and bench
         self._stop_tokens = self._find_stop_tokens()
@@ -551,9 +555,11 @@ class Engine:
         tokens inside the common text are reused as they are, and only the rest of the text
         is tokenized. Whitespace that the template trimmed from an answer (Llama 3's
         templates render `content | trim`) is skipped on the cached side, so the model's
-        own answer tokens stay as generated, as llama.cpp's llama-cli keeps them."""
+        own answer tokens stay as generated, as llama.cpp's llama-cli keeps them; a special
+        token inside an answer counts as the nothing the answer's text shows for it."""
         text = self.render(messages)
         history = self._history
+        flags = self._history_special
         if history:
             # Compare as text, decoding the cached tokens the way answers are decoded (bytes
             # that are not UTF-8 become U+FFFD, as in the answer the conversation stores).
@@ -562,13 +568,13 @@ class Engine:
             keep = 0          # history tokens kept
             keep_pos = 0
             for i, tok in enumerate(history):
-                chunk = decoder.decode(self.piece(tok, special=True))
+                chunk = decoder.decode(self.piece(tok, special=flags[i] if i < len(flags) else True))
                 k = 0
                 while k < len(chunk):
                     if pos < len(text) and chunk[k] == text[pos]:
                         k += 1
                         pos += 1
-                    elif chunk[k] in " \t\r\n":
+                    elif chunk[k].isspace():
                         k += 1
                     else:
                         break
@@ -577,11 +583,15 @@ class Engine:
                 if not decoder.getstate()[0]:   # no character cut in half here
                     keep, keep_pos = i + 1, pos
             if keep > 0:
-                rest = text[keep_pos:]
-                return list(history[:keep]) + (self.tokenize(rest) if rest else [])
+                rest = self.tokenize(text[keep_pos:]) if keep_pos < len(text) else []
+                tokens = list(history[:keep]) + rest
+                self._built = (tokens, list(flags[:keep]) + [True] * len(rest))
+                return list(tokens)
         text_bytes = text.encode("utf-8")
         add_bos = self._add_bos() and not self._starts_with_bos(text_bytes)
-        return self.tokenize(text, add_bos=add_bos)
+        tokens = self.tokenize(text, add_bos=add_bos)
+        self._built = (tokens, [True] * len(tokens))
+        return list(tokens)
 
     def _add_bos(self) -> bool:
         import llama_cpp
@@ -642,6 +652,7 @@ class Engine:
         """Forget the KV cache and the conversation tokens."""
         self._truncate_cache(0)
         self._history = []
+        self._history_special = []
 
     def stream_tokens(self, prompt_tokens: list[int], sampling: Sampling, *,
                       ignore_eos: bool = False, reuse_cache: bool = True) -> Iterator[Piece | Stats]:
@@ -661,6 +672,11 @@ class Engine:
         start = time.perf_counter()
         state = {"evaluated": 0, "generated": 0, "t_prompt": None, "t_first": None, "reason": "stop"}
         self._history = list(prompt)
+        if self._built is not None and self._built[0] == prompt:
+            self._history_special = list(self._built[1])
+        else:
+            self._history_special = [True] * len(prompt)
+        self._built = None
 
         def finish() -> Stats:
             end = time.perf_counter()
@@ -707,10 +723,12 @@ class Engine:
                     token = int(sampler.sample(llama._ctx, -1))
                     if not ignore_eos and self.is_stop(token):
                         self._history.append(token)
+                        self._history_special.append(True)
                         state["reason"] = "stop"
                         break
                     state["generated"] += 1
                     self._history.append(token)
+                    self._history_special.append(False)
                     if state["t_first"] is None:
                         state["t_first"] = time.perf_counter()
                     yield Piece(decoder.decode(self.piece(token)), token)

@@ -180,3 +180,31 @@ def test_llama4_gets_the_full_size_cache(tmp_path):
         assert s2.prompt_tokens_evaluated < s2.prompt_tokens
     finally:
         eng.close()
+
+
+def test_answers_are_reused_as_generated(engine, monkeypatch):
+    """The model's own answer tokens stay in the cache even where the rendered history
+    differs from their text: whitespace the template trims, a special token the answer
+    shows as nothing."""
+    engine.reset()
+    script = (engine.tokenize(" hi") + engine.tokenize("<|start_header_id|>") + engine.tokenize(" yo")
+              + engine.tokenize("\n") + engine.tokenize("<|eot_id|>"))
+    calls = {"n": 0}
+
+    class ScriptedSampler:
+        def sample(self, ctx, idx):
+            calls["n"] += 1
+            return script[calls["n"] - 1]
+
+    monkeypatch.setattr(engine, "_make_sampler", lambda sampling: ScriptedSampler())
+    messages = [{"role": "user", "content": "say hi"}]
+    pieces, s1 = _run(engine.stream_chat(messages, Sampling()))
+    assert s1.finish_reason == "stop" and s1.completion_tokens == len(script) - 1
+    answer = "".join(p.text for p in pieces)
+    assert answer == " hi yo\n"
+    cached = engine.context_tokens
+    monkeypatch.undo()
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "again"}]
+    assert engine.chat_tokens(messages)[:len(cached)] == cached
+    _, s2 = _run(engine.stream_chat(messages, Sampling(temperature=0, max_tokens=1)))
+    assert s2.prompt_tokens_evaluated == s2.prompt_tokens - len(cached)

@@ -1,0 +1,224 @@
+"""Multi-turn cost: time to first token of turn 10 against turn 1.
+
+A conversation of ten turns, each new user message of the same length, goes through the
+engine's one chat path (`Engine.stream_chat`). If each new turn reuses the KV cache of the
+conversation so far, turn 10 evaluates about as many tokens as turn 1 and its time to first
+token stays close; if the history were evaluated again, turn 10 would cost ten times more.
+Goal: turn 10 / turn 1 <= 1.2.
+
+    python benchmarks/multiturn_ttft.py                 # a synthetic Llama 3-shaped GGUF
+    python benchmarks/multiturn_ttft.py --model X.gguf  # any GGUF
+
+The synthetic model (random weights, byte-level BPE vocabulary with Llama 3's special
+tokens and chat template) is built in a temporary folder: big enough that evaluating a
+prompt costs real time on a CPU, small enough to build in seconds. Each turn's answer is a
+fixed number of generated tokens (ignoring end-of-turn) so every turn adds the same amount.
+The ratio is of medians over several repetitions of the whole conversation (after one
+warm-up conversation). For comparison it also times turn 10 with the cache cleared first,
+which is what re-evaluating the history would cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+            "<|eot_id|>", "<|eom_id|>"]
+
+
+def _byte_chars() -> list[str]:
+    # GPT-2's reversible byte -> printable character mapping (byte-level BPE alphabet).
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def build_synthetic_gguf(path: Path, *, n_embd: int = 512, n_layer: int = 8, n_head: int = 8,
+                         n_head_kv: int = 4, n_ff: int = 1536, n_ctx_train: int = 8192,
+                         seed: int = 0) -> Path:
+    """Write a random-weight Llama 3-shaped F32 GGUF (llama.cpp loads and runs it)."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    byte_chars = _byte_chars()
+    tokens = list(byte_chars)
+    merges = []
+    space = byte_chars[ord(" ")]
+    for a, b in [(space, "t"), (space, "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("o", "n"),
+                 (space + "t", "he"), ("e", "r"), (space, "s"), ("a", "t")]:
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+    n_normal = len(tokens)
+    tokens += SPECIALS
+    types = [1] * n_normal + [3] * len(SPECIALS)
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("synthetic-llama3")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(n_normal + SPECIALS.index("<|begin_of_text|>"))
+    w.add_eos_token_id(n_normal + SPECIALS.index("<|eot_id|>"))
+    w.add_add_bos_token(True)
+    w.add_chat_template(LLAMA3_TEMPLATE)
+
+    def t(name: str, *shape: int, std: float = 0.05, ones: bool = False) -> None:
+        arr = (np.ones(shape, dtype=np.float32) if ones
+               else rng.normal(0, std, size=shape).astype(np.float32))
+        w.add_tensor(name, arr)
+
+    head_dim = n_embd // n_head
+    t("token_embd.weight", n_vocab, n_embd)
+    for i in range(n_layer):
+        t(f"blk.{i}.attn_norm.weight", n_embd, ones=True)
+        t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        t(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, n_embd)
+        t(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, n_embd)
+        t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        t(f"blk.{i}.ffn_norm.weight", n_embd, ones=True)
+        t(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        t(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        t(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    t("output_norm.weight", n_embd, ones=True)
+    t("output.weight", n_vocab, n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven tired sailors read maps "
+         "about distant rivers and quiet mountain towns").split()
+
+
+def _message(engine, turn: int, n_tokens: int) -> str:
+    """A user message of about `n_tokens` tokens, different for each turn."""
+    words, i = [], turn
+    while True:
+        words.append(WORDS[i % len(WORDS)])
+        i += 7
+        if len(engine.tokenize(" ".join(words))) >= n_tokens:
+            return f"({turn}) " + " ".join(words)
+
+
+def run_conversation(engine, *, turns: int, message_tokens: int, answer_tokens: int) -> list[dict]:
+    """One conversation through the engine's chat path: per turn, the time to first token
+    and the tokens evaluated; for the last turn also the time to first token when the
+    cache is cleared first (the cost of evaluating the whole history again)."""
+    from llamactl.engine import Piece, Sampling
+
+    engine.reset()
+    sampling = Sampling(temperature=0, max_tokens=answer_tokens)
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    rows = []
+    for turn in range(1, turns + 1):
+        messages.append({"role": "user", "content": _message(engine, turn, message_tokens)})
+        tokens = engine.chat_tokens(messages)          # exactly what stream_chat does
+        pieces, stats = [], None
+        for item in engine.stream_tokens(tokens, sampling, ignore_eos=True):
+            if isinstance(item, Piece):
+                pieces.append(item.text)
+            else:
+                stats = item
+        messages.append({"role": "assistant", "content": "".join(pieces)})
+        rows.append({"turn": turn, "ttft": stats.ttft_seconds, "prompt_tokens": stats.prompt_tokens,
+                     "evaluated": stats.prompt_tokens_evaluated})
+    fresh = None
+    for item in engine.stream_tokens(tokens, Sampling(temperature=0, max_tokens=1), reuse_cache=False):
+        fresh = item
+    rows[-1]["ttft_without_reuse"] = fresh.ttft_seconds
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a GGUF file (default: build a synthetic one)")
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--message-tokens", type=int, default=64)
+    parser.add_argument("--answer-tokens", type=int, default=48)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+
+    from llamactl.engine import Engine, EngineOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else build_synthetic_gguf(Path(tmp) / "synthetic.gguf")
+        engine = Engine.load(model, EngineOptions(n_ctx=args.ctx, threads=args.threads))
+        try:
+            kw = dict(turns=args.turns, message_tokens=args.message_tokens, answer_tokens=args.answer_tokens)
+            run_conversation(engine, **kw)                                  # warm-up
+            reused = [run_conversation(engine, **kw) for _ in range(args.reps)]
+        finally:
+            engine.close()
+
+    def med(runs, turn, key):
+        return statistics.median(r[turn - 1][key] for r in runs)
+
+    last = args.turns
+    doc = {
+        "model": str(args.model or "synthetic (n_embd 512, 8 layers, F32)"),
+        "turns": args.turns, "message_tokens": args.message_tokens, "answer_tokens": args.answer_tokens,
+        "reps": args.reps,
+        "per_turn": [{"turn": t, "ttft_ms": round(1000 * med(reused, t, "ttft"), 2),
+                      "prompt_tokens": reused[0][t - 1]["prompt_tokens"],
+                      "evaluated": reused[0][t - 1]["evaluated"]}
+                     for t in range(1, last + 1)],
+        "ttft_ms_last_turn_without_reuse": round(1000 * med(reused, last, "ttft_without_reuse"), 2),
+    }
+    doc["ratio_turn_last_vs_first"] = round(med(reused, last, "ttft") / med(reused, 1, "ttft"), 3)
+    doc["ratio_without_reuse"] = round(med(reused, last, "ttft_without_reuse") / med(reused, 1, "ttft"), 3)
+    doc["evaluated_ratio_turn_last_vs_first"] = round(
+        reused[0][last - 1]["evaluated"] / reused[0][0]["evaluated"], 3)
+    doc["goal"] = 1.2
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"model: {doc['model']}")
+        print(f"{'turn':>4} {'prompt':>7} {'evaluated':>9} {'TTFT ms':>9}")
+        for row in doc["per_turn"]:
+            print(f"{row['turn']:>4} {row['prompt_tokens']:>7} {row['evaluated']:>9} {row['ttft_ms']:>9.1f}")
+        print(f"turn {last} with the cache cleared first: {doc['ttft_ms_last_turn_without_reuse']:.1f} ms")
+        print(f"tokens evaluated, turn {last} / turn 1: {doc['evaluated_ratio_turn_last_vs_first']}x")
+        print(f"turn {last} / turn 1 TTFT: {doc['ratio_turn_last_vs_first']}x with KV reuse "
+              f"(goal <= 1.2x); {doc['ratio_without_reuse']}x re-evaluating the history")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
