@@ -20,10 +20,8 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import re
 import struct
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -664,14 +662,3 @@ def write_general(writer: Any, src_dir: Path, config: dict[str, Any], outtype: s
     writer.add_file_type(file_type_for(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string("general.converted_by", "llamactl")
-
-
-def now() -> float:
-    return time.monotonic()
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
