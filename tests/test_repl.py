@@ -168,10 +168,27 @@ def test_multi_line_input(tiny_gguf, tmp_path):
     send(child, '"""')
     child.expect("3 tokens")
     child.expect(PROMPT)
+    child.send("escape one\x1b\r")    # Esc then Enter: a new line, not sent
+    send(child, "escape two")
+    child.expect("3 tokens")
+    child.expect(PROMPT)
     doc = saved(child, tmp_path / "m.json")
     users = [m["content"] for m in doc["messages"] if m["role"] == "user"]
-    assert users == ["first line\nsecond line", "block one\nblock two"]
+    assert users == ["first line\nsecond line", "block one\nblock two", "escape one\nescape two"]
     send(child, "/exit")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_a_message_too_long_for_the_window_is_refused_and_the_session_goes_on(tiny_gguf, tmp_path):
+    child = spawn(tiny_gguf, "--ctx", "256", "-n", "3")
+    send(child, "word " * 150)
+    child.expect(r"is \d+ tokens; the context window is 256 tokens")
+    child.expect(PROMPT)
+    send(child, "short one")
+    child.expect("3 tokens")
+    child.expect(PROMPT)
+    doc = saved(child, tmp_path / "s.json")
+    assert [m["content"] for m in doc["messages"] if m["role"] == "user"] == ["short one"]
+    assert finish(child) == 0
