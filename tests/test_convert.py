@@ -132,6 +132,9 @@ def test_bf16_source_defaults_to_bf16_and_copies_bits_exactly(tiny_checkpoint_fa
     out = tmp_path / "m.gguf"
     result = convert_checkpoint(ckpt, out)
     assert result.outtype == "bf16" and result.source_dtype == "BF16"
+    from llamactl.gguf_info import read_gguf
+
+    assert result.n_params == read_gguf(out).n_params          # counted as llama.cpp counts
     meta, tensors = read_meta(out)
     assert meta["general.file_type"] == 32  # MOSTLY_BF16
     src = open_checkpoint(ckpt).tensors["model.layers.0.mlp.down_proj.weight"]

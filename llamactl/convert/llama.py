@@ -193,7 +193,7 @@ def convert(ckpt: common.Checkpoint, out_path: Path, outtype: str, progress: com
             *, name: str | None = None, permute_qk: bool = True, write_rope_freqs: bool = True) -> dict[str, Any]:
     hp, jobs = plan(ckpt, outtype, permute_qk=permute_qk, write_rope_freqs=write_rope_freqs)
     tok = common.load_bpe_tokenizer(ckpt.path, hp.vocab, config=ckpt.config)
-    n_params = sum(j.n_elements for j in jobs if j.source != "(computed)")
+    n_params = sum(j.n_elements for j in jobs)   # as llama.cpp counts (rope_freqs included)
 
     def metadata(writer: Any) -> None:
         common.write_general(writer, ckpt.path, ckpt.config, outtype, name=name, n_params=n_params)
