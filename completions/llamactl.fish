@@ -66,7 +66,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -o ngl
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o s
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o t
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o v
-complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a Hugging Face safetensors checkpoint folder (Llama 3.x) to GGUF. Prints the output path. Quantize it afterwards with `llamactl quantize`.'
+complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a Hugging Face safetensors checkpoint folder (Llama 3.x, Llama 4) to GGUF. Prints the output path. Quantize it afterwards with `llamactl quantize`.'
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l force
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l json

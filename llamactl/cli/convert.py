@@ -54,7 +54,7 @@ class Progress:
 def register(app: Any) -> None:
     @app.command(
         "convert",
-        help="Convert a Hugging Face safetensors checkpoint folder (Llama 3.x) to GGUF. "
+        help="Convert a Hugging Face safetensors checkpoint folder (Llama 3.x, Llama 4) to GGUF. "
              "Prints the output path. Quantize it afterwards with `llamactl quantize`.",
     )
     def convert_cmd(
