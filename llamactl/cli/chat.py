@@ -18,18 +18,11 @@ PromptArg = Annotated[
 
 
 def parse_gpu_layers(value: str) -> int | str:
-    from llamactl.errors import UsageError
+    """'auto' (the memory plan decides) or a number of layers (-1: all), as `plan` takes it."""
+    from llamactl.cli.plan import parse_gpu_layers as parse
 
-    text = (value or "auto").strip().lower()
-    if text in ("auto", ""):
-        return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        raise UsageError(f"--gpu-layers must be a number or 'auto', not {value!r}") from None
-    if n < 0:
-        raise UsageError(f"--gpu-layers must be 0 or more, or 'auto', not {value!r}")
-    return n
+    n = parse(value)
+    return "auto" if n is None else n
 
 
 def resolve_model(ref: str, *, accept_license: bool, quiet: bool) -> Path:
@@ -139,12 +132,17 @@ def register(app) -> None:
             from llamactl.engine import make_plan
 
             plan = make_plan(path, options)
-            doc = {"model": model, "path": str(path), **plan.to_dict()}
             if json_out:
-                output.json_doc(doc)
-            else:
-                for key, value in doc.items():
-                    output.data(f"{key}: {value}")
+                output.json_doc({"model": model, "path": str(path), **plan.to_dict()})
+                return
+            try:
+                from llamactl.cli.plan import render
+
+                lines = render(plan, model)
+            except (ImportError, AttributeError):
+                lines = [f"{key}: {value}" for key, value in plan.to_dict().items()]
+            for line in lines:
+                output.data(line)
             return
 
         from llamactl.engine import Engine
