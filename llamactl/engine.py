@@ -415,7 +415,6 @@ class Engine:
         set_llama_log(options.verbose)
         plan = make_plan(model_path, options)
         n_ctx = int(options.n_ctx or plan.n_ctx)
-        facts_arch = None
         kwargs: dict[str, Any] = dict(
             n_gpu_layers=int(plan.n_gpu_layers), n_ctx=n_ctx, n_batch=min(options.n_batch, n_ctx),
             n_ubatch=min(options.n_ubatch, options.n_batch, n_ctx), flash_attn=options.flash_attn,

@@ -179,3 +179,15 @@ def test_missing_model_without_license_exits_3_and_downloads_nothing(cli, hubsim
     assert [r for r in hubsim.log if r["path"].endswith(".gguf")] == []
     hub_cache = tmp_path / "hf-home"
     assert not any(p.suffix == ".gguf" or p.is_symlink() for p in hub_cache.rglob("*")) if hub_cache.exists() else True
+
+
+def test_cpu_moe_keeps_experts_in_cpu_memory(cli, tmp_path):
+    """--cpu-moe N reaches llama.cpp as tensor overrides (its log, with --verbose, says so)."""
+    from tests.synthetic.tiny import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "tiny-llama4.gguf", arch="llama4", n_layer=4, n_embd=128,
+                            n_head=2, n_head_kv=1, n_ff=256, n_ff_exp=128, n_expert=4)
+    proc = chat(cli, model, "hi", "--cpu-moe", "2", "--gpu-layers", "99", "--ctx", "256", "-n", "2", "--verbose")
+    assert proc.returncode == 0, proc.err
+    overridden = re.findall(r"tensor (blk\.\d+\.ffn_\w+_exps)\.weight .*buffer type overridden to CPU", proc.err)
+    assert sorted(overridden) == sorted(f"blk.{i}.ffn_{k}_exps" for i in (0, 1) for k in ("gate", "up", "down"))
