@@ -305,6 +305,7 @@ class BenchRow:
     gpu_memory_bytes: int | None = None    # device memory taken, where a GPU is used
     error: str | None = None
     error_type: str | None = None
+    error_hint: str | None = None
     exit_code: int | None = None
     timestamp: str = ""
 
@@ -509,10 +510,13 @@ def random_tokens(rng: random.Random, n_vocab: int, n: int) -> list[int]:
 
 
 def _drain(stream: Iterable[Any]) -> Any:
-    """Consume a stream_tokens iterator; return its final Stats."""
+    """Consume a stream_tokens iterator; return its final Stats. The engine turns Ctrl-C
+    into finish_reason "interrupted"; a benchmark must stop there, not go on."""
     stats = None
     for item in stream:
         stats = item
+    if getattr(stats, "finish_reason", None) == "interrupted":
+        raise KeyboardInterrupt
     return stats
 
 
@@ -582,7 +586,8 @@ def _describe(llama: Any) -> tuple[str | None, int | None, int | None]:
 
 def _error_fields(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, LlamactlError):
-        return {"error": exc.message, "error_type": type(exc).__name__, "exit_code": exc.exit_code}
+        return {"error": exc.message, "error_type": type(exc).__name__, "error_hint": exc.hint,
+                "exit_code": exc.exit_code}
     return {"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__, "exit_code": 1}
 
 

@@ -141,3 +141,43 @@ def test_bad_input_exits_2_naming_the_value(cli, args, named, tmp_path):
 def test_no_model_is_a_usage_error(cli):
     proc = cli("bench")
     assert proc.returncode == 2 and "model" in proc.err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_with_exit_130(tiny_gguf):
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamactl", "bench", str(tiny_gguf), "-p", "16", "-n", "0",
+         "-r", "10000000", "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err_lines: list[bytes] = []
+    started = threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            err_lines.append(line)
+            if b"pp16" in line:
+                started.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(60), b"".join(err_lines)  # the repetitions are running
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    assert proc.returncode == 130, b"".join(err_lines)
+    assert out == b""

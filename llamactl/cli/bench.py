@@ -175,16 +175,15 @@ def register(app: typer.Typer) -> None:
                  "row set each).", show_default=False)] = None,
         n_prompt: Annotated[Optional[str], typer.Option(
             "--n-prompt", "-p", help="Prompt sizes for pp tests, comma-separated (0: none). "
-            "[default: 512, unless --test is given]", show_default=False)] = None,
+            "[default: 512, unless --test or --pg is given]", show_default=False)] = None,
         n_gen: Annotated[Optional[str], typer.Option(
             "--n-gen", "-n", help="Generation lengths for tg tests, comma-separated (0: none). "
-            "[default: 128, unless --test is given]", show_default=False)] = None,
+            "[default: 128, unless --test or --pg is given]", show_default=False)] = None,
         pg: Annotated[Optional[list[str]], typer.Option(
             "--pg", "-pg", help="A prompt-then-generate test P,N (repeatable).",
             show_default=False)] = None,
         test: Annotated[Optional[list[str]], typer.Option(
-            "--test", help="A test spec: 'pp N', 'tg N' or 'pg P,N' (repeatable; replaces the "
-            "-p/-n defaults).", show_default=False)] = None,
+            "--test", help="A test spec: 'pp N', 'tg N' or 'pg P,N' (repeatable).", show_default=False)] = None,
         depth: Annotated[str, typer.Option(
             "--depth", "-d", help="Tokens already in the context, comma-separated.")] = "0",
         repetitions: Annotated[int, typer.Option(
@@ -309,6 +308,7 @@ def register(app: typer.Typer) -> None:
         if first_error is not None:
             failed = sum(1 for r in rows if r.get("error"))
             err = LlamactlError(f"{failed} of {len(rows)} benchmark rows failed; first: "
-                                f"{_model_name(first_error['model'])}: {first_error['error']}")
+                                f"{_model_name(first_error['model'])}: {first_error['error']}",
+                                hint=first_error.get("error_hint"))
             err.exit_code = first_error.get("exit_code") or 1
             raise err
