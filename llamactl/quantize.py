@@ -14,7 +14,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llamactl.errors import IntegrityError, LlamactlError, NotFound, UsageError
 
@@ -54,6 +54,7 @@ QUANT_TYPES: dict[str, tuple[int, float, str]] = {
 ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -203,10 +204,17 @@ def _child_main() -> None:
     req = json.loads(sys.argv[1])
     lines: list[str] = []
 
+    tensor_line = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
         if text:
-            lines.append(text.decode("utf-8", "replace"))
+            line = text.decode("utf-8", "replace")
+            lines.append(line)
+            m = tensor_line.match(line)
+            if m:   # "[  12/ 724] blk.0.attn_k.weight - ...": one tensor started
+                sys.stdout.write(json.dumps({"progress": [int(m.group(1)), int(m.group(2)), m.group(3)]}) + "\n")
+                sys.stdout.flush()
 
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     params = llama_cpp.llama_model_quantize_default_params()
@@ -227,48 +235,90 @@ def _child_main() -> None:
     sys.stdout.flush()
 
 
-def _run_child(req: dict[str, Any]) -> tuple[int, str]:
+def _run_child(req: dict[str, Any], progress: Progress | None = None) -> tuple[int, str]:
     """Quantize in a child process, so that Ctrl-C can stop llama.cpp at once (a C call in
     this process cannot be interrupted, and would go on writing after we cleaned up).
+    The child reports each tensor it starts; `progress(name, index, count)` sees them.
     Returns (rc, llama.cpp's log)."""
     import json
     import os
+    import queue
+    import signal
     import subprocess
     import sys
+    import tempfile
+    import threading
 
     pkg_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from llamactl.quantize import _child_main; _child_main()", json.dumps(req)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    try:
-        while True:
-            try:
-                out, err = proc.communicate(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    try:
-        doc = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-        return int(doc["rc"]), str(doc["log"])
-    except (ValueError, IndexError, KeyError):
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return -1, f"failed to quantize: the quantizer process ended abnormally ({tail[0]})"
+    with tempfile.TemporaryFile() as err_file:
+        # Ctrl-C must not land between starting the child and being ready to kill it: hold
+        # SIGINT back until then (the child inherits the block; it is killed, not asked).
+        old_mask = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from llamactl.quantize import _child_main; _child_main()",
+                 json.dumps(req)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_file, env=env,
+            )
+        except BaseException:
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise
+        lines: queue.Queue[bytes | None] = queue.Queue()
+        final: dict[str, Any] | None = None
+        try:
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+            def reader() -> None:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    lines.put(raw)
+                lines.put(None)
+
+            threading.Thread(target=reader, name="llamactl-quantize-reader", daemon=True).start()
+            while True:
+                try:
+                    raw = lines.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if raw is None:
+                    break
+                try:
+                    doc = json.loads(raw.decode("utf-8", "replace"))
+                except ValueError:
+                    continue
+                if "progress" in doc:
+                    if progress is not None:
+                        index, count, name = doc["progress"]
+                        progress(str(name), int(index), int(count))
+                elif "rc" in doc:
+                    final = doc
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if final is not None:
+            return int(final["rc"]), str(final.get("log", ""))
+        err_file.seek(0)
+        tail = err_file.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+        return -1, ("failed to quantize: the quantizer process ended abnormally "
+                    f"({tail[0] if tail else f'exit status {proc.returncode}'})")
 
 
 def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | None = None,
                   allow_requantize: bool = False, threads: int | None = None,
                   leave_output_tensor: bool = False, pure: bool = False,
-                  dry_run: bool = False) -> QuantizeResult:
+                  dry_run: bool = False, progress: Progress | None = None) -> QuantizeResult:
     """Quantize `src` (a GGUF; for a split model its first part) to `qtype` at `out`
     (default: beside `src`, named for the type). `dry_run` writes nothing and returns
-    llama.cpp's size estimate in `bytes`."""
+    llama.cpp's size estimate in `bytes`. `progress(tensor_name, index, count)` is called
+    as llama.cpp starts each tensor."""
     from llamactl.fsutil import atomic_path, check_free_space
     from llamactl.gguf_info import read_gguf
 
@@ -310,7 +360,7 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
 
     def run(target: Path) -> None:
         nonlocal log
-        rc, log = _run_child({**request, "out": str(target)})
+        rc, log = _run_child({**request, "out": str(target)}, None if dry_run else progress)
         if rc != 0:
             reason = _failure(log) or "llama.cpp could not quantize this model"
             raise LlamactlError(f"quantizing {src.name} to {name} failed: {reason}")

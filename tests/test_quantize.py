@@ -228,3 +228,18 @@ def test_registered_model_is_quantized_and_registered(tiny_gguf, cli, isolated_h
     assert again.returncode == 1 and "already on this machine" in again.err
     proc = cli("quantize", "nothing-here:f16", "q8_0")
     assert proc.returncode == 4
+
+
+def test_progress_reports_every_tensor(tiny_gguf, tmp_path, cli):
+    from llamactl.gguf_info import read_gguf
+    from llamactl.quantize import quantize_gguf
+
+    seen = []
+    quantize_gguf(tiny_gguf, tmp_path / "a.gguf", "Q8_0", progress=lambda *event: seen.append(event))
+    n = len(read_gguf(tiny_gguf).tensors)
+    assert [i for _, i, _ in seen] == list(range(1, n + 1)) and {c for _, _, c in seen} == {n}
+    assert {name for name, _, _ in seen} == {t.name for t in read_gguf(tiny_gguf).tensors}
+    proc = cli("quantize", str(tiny_gguf), "Q8_0", "-o", str(tmp_path / "b.gguf"))
+    assert proc.returncode == 0, proc.err
+    assert f"quantizing: tensor {n} of {n}" in proc.err
+    assert proc.out.strip() == str(tmp_path / "b.gguf")      # stdout: the path only

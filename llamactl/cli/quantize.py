@@ -11,6 +11,41 @@ from llamactl.cli import output
 from llamactl.cli.options import DryRunOpt, JsonOpt, QuietOpt, ThreadsOpt
 
 
+class Progress:
+    """Tensors on stderr as llama.cpp starts them: a bar on a terminal, a line per ~10%
+    otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.next_pct = 10
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, name: str, index: int, count: int) -> None:
+        if self.quiet:
+            return
+        if output.stderr_is_tty():
+            if self._bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
+
+                self._bar = Bar(TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[tensor]}"), console=output.stderr_console(),
+                                transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("quantize", total=count, tensor="")
+            self._bar.update(self._task, completed=index - 1, tensor=name)
+            return
+        pct = 100 * index // max(1, count)
+        if pct >= self.next_pct or index == count:
+            output.info(f"quantizing: tensor {index} of {count} ({name})")
+            self.next_pct = (pct // 10 + 1) * 10
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 def _is_file_ref(src: str) -> bool:
     from llamactl.refs import looks_like_path
 
@@ -68,26 +103,31 @@ def register(app: Any) -> None:
             if not _is_file_ref(src):
                 raise UsageError("--split-max-size applies to .gguf files, not registered models",
                                  hint="quantize the model's file with -o, then share the parts")
+        progress = Progress(quiet or as_json)
         options = dict(imatrix=imatrix, allow_requantize=allow_requantize, threads=threads,
-                       leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run)
+                       leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run,
+                       progress=progress)
         entry = None
-        if _is_file_ref(src):
-            path = Path(src).expanduser()
-            if not path.is_file():
-                raise NotFound(f"no such file: {path}")
-            target = out or quantize.default_output(path, name)
-            if target.exists() and not force and not dry_run:
-                raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
-            if not quiet and not as_json:
-                output.info(f"quantizing {path.name} to {name} ...")
-            result = quantize.quantize_gguf(path, target, name, **options)
-        else:
-            if out is not None:
-                raise UsageError("-o applies to .gguf files; a registered model's result goes to llamactl's "
-                                 "models folder", hint=f"quantize the file instead: `llamactl show {src}`")
-            if not quiet and not as_json:
-                output.info(f"quantizing {src} to {name} ...")
-            result, entry = quantize.quantize_registered(src, name, **options)
+        try:
+            if _is_file_ref(src):
+                path = Path(src).expanduser()
+                if not path.is_file():
+                    raise NotFound(f"no such file: {path}")
+                target = out or quantize.default_output(path, name)
+                if target.exists() and not force and not dry_run:
+                    raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
+                if not quiet and not as_json:
+                    output.info(f"quantizing {path.name} to {name} ...")
+                result = quantize.quantize_gguf(path, target, name, **options)
+            else:
+                if out is not None:
+                    raise UsageError("-o applies to .gguf files; a registered model's result goes to llamactl's "
+                                     "models folder", hint=f"quantize the file instead: `llamactl show {src}`")
+                if not quiet and not as_json:
+                    output.info(f"quantizing {src} to {name} ...")
+                result, entry = quantize.quantize_registered(src, name, **options)
+        finally:
+            progress.close()
 
         from llamactl.fsutil import human_bytes
 
