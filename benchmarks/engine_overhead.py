@@ -113,38 +113,16 @@ class Baseline:
         L.llama_model_free(self.model)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="llamactl engine vs a raw llama_decode loop")
-    ap.add_argument("--model", type=Path, help="a GGUF (default: build a synthetic ~260 MB one)")
-    ap.add_argument("-r", "--reps", type=int, default=5)
-    ap.add_argument("-p", type=int, default=512)
-    ap.add_argument("-n", type=int, default=128)
-    ap.add_argument("-t", "--threads", type=int, default=1,
-                    help="threads for both sides (default 1: see the docstring)")
-    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                    help="which clock the headline ratio uses (both are reported)")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-
+def compare(model: Path, *, threads: int, reps: int, n_prompt: int, n_gen: int,
+            clock: str, log=print) -> dict:
+    """Interleaved repetitions of pp and tg on both sides; per-side wall and CPU seconds."""
     from llamactl import bench
     from llamactl.engine import Engine, EngineOptions
 
-    tmp = None
-    model = a.model
-    if model is None:
-        from synth_gguf import build_llama_gguf
-
-        tmp = tempfile.TemporaryDirectory(prefix="llamactl-overhead-")
-        model = Path(tmp.name) / "synthetic-llama-q8_0.gguf"
-        t0 = time.perf_counter()
-        build_llama_gguf(model)
-        print(f"built {model.name} ({model.stat().st_size / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-
-    pp_test = bench.TestSpec(n_prompt=a.p)
-    tg_test = bench.TestSpec(n_gen=a.n)
+    pp_test = bench.TestSpec(n_prompt=n_prompt)
+    tg_test = bench.TestSpec(n_gen=n_gen)
     n_ctx = bench.default_ctx([pp_test, tg_test])
-    engine = Engine.load(model, EngineOptions(n_ctx=n_ctx, gpu_layers=0, threads=a.threads))
+    engine = Engine.load(model, EngineOptions(n_ctx=n_ctx, gpu_layers=0, threads=threads))
     cp = engine.llama.context_params
     base = Baseline(model, n_ctx=cp.n_ctx, n_batch=cp.n_batch, n_ubatch=cp.n_ubatch,
                     n_threads=cp.n_threads, n_threads_batch=cp.n_threads_batch,
@@ -168,50 +146,110 @@ def main() -> int:
             wall = base.tg(first, test.n_gen)
         return wall, time.process_time() - c0
 
-    def summary(times):
-        tps = [test.counted_tokens / t for t in times]
-        return statistics.fmean(tps), (statistics.stdev(tps) if len(tps) > 1 else 0.0), tps
-
-    results = {}
+    results = {"threads": cp.n_threads, "threads_batch": cp.n_threads_batch, "n_ctx": cp.n_ctx}
     for kind, test in (("pp", pp_test), ("tg", tg_test)):
         ours(test), theirs(test)  # one warm-up each, not counted
         o_runs, t_runs = [], []
-        for i in range(a.reps):
+        for i in range(reps):
             # alternate which side goes first, so neither always follows the other
             if i % 2 == 0:
                 o_runs.append(ours(test)); t_runs.append(theirs(test))
             else:
                 t_runs.append(theirs(test)); o_runs.append(ours(test))
-        r = {"test": test.name, "goal": GOALS[kind]}
-        for clock, idx in (("wall", 0), ("cpu", 1)):
-            mo, so, tpo = summary([x[idx] for x in o_runs])
-            mt, st, tpt = summary([x[idx] for x in t_runs])
-            r[clock] = {"llamactl_tps": mo, "llamactl_sd": so, "baseline_tps": mt, "baseline_sd": st,
-                        "ratio": mo / mt,
-                        "ratio_median_paired": statistics.median(x / y for x, y in zip(tpo, tpt))}
-        r["ratio"] = r["cpu" if a.clock == "cpu" else "wall"]["ratio"]
+        r = {"test": test.name, "goal": GOALS[kind], "tokens": test.counted_tokens}
+        for name, idx in (("wall", 0), ("cpu", 1)):
+            so = [x[idx] for x in o_runs]
+            st = [x[idx] for x in t_runs]
+            tpo = [test.counted_tokens / x for x in so]
+            tpt = [test.counted_tokens / x for x in st]
+            r[name] = {
+                "llamactl_tps": statistics.fmean(tpo), "baseline_tps": statistics.fmean(tpt),
+                "llamactl_sd": statistics.stdev(tpo) if reps > 1 else 0.0,
+                "baseline_sd": statistics.stdev(tpt) if reps > 1 else 0.0,
+                "ratio": statistics.fmean(tpo) / statistics.fmean(tpt),
+                "ratio_median_paired": statistics.median(x / y for x, y in zip(tpo, tpt)),
+                "llamactl_seconds_mean": statistics.fmean(so), "baseline_seconds_mean": statistics.fmean(st),
+                "extra_seconds_median_paired": statistics.median(x - y for x, y in zip(so, st)),
+            }
+            c = r[name]
+            log(f"{test.name} [{name}]: llamactl {c['llamactl_tps']:.2f} ± {c['llamactl_sd']:.2f} t/s, "
+                f"baseline {c['baseline_tps']:.2f} ± {c['baseline_sd']:.2f} t/s, ratio {c['ratio']:.3f} "
+                f"(paired median {c['ratio_median_paired']:.3f})")
+        r["ratio"] = r[clock]["ratio"]
         r["meets_goal"] = r["ratio"] >= GOALS[kind]
         results[kind] = r
-        for clock in ("wall", "cpu"):
-            c = r[clock]
-            print(f"{test.name} [{clock}]: llamactl {c['llamactl_tps']:.2f} ± {c['llamactl_sd']:.2f} t/s, "
-                  f"baseline {c['baseline_tps']:.2f} ± {c['baseline_sd']:.2f} t/s, ratio {c['ratio']:.3f} "
-                  f"(paired median {c['ratio_median_paired']:.3f})", file=sys.stderr)
-
-    doc = {"model": str(model if a.model else "synthetic Llama-shaped Q8_0 (hidden 1024, 16 layers)"),
-           "model_bytes": model.stat().st_size, "threads": cp.n_threads, "clock": a.clock,
-           "threads_batch": cp.n_threads_batch, "n_ctx": cp.n_ctx, "reps": a.reps,
-           "results": results, "machine": bench.machine_info()}
     base.close()
     engine.close()
-    if tmp is not None:
-        tmp.cleanup()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="llamactl engine vs a raw llama_decode loop")
+    ap.add_argument("--model", type=Path, help="a GGUF (default: build a synthetic ~260 MB one)")
+    ap.add_argument("-r", "--reps", type=int, default=5)
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-t", "--threads", type=int, default=1,
+                    help="threads for both sides (default 1: see the docstring)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="which clock the headline ratio uses (both are reported)")
+    ap.add_argument("--probe-reps", type=int, default=20,
+                    help="repetitions of the overhead probe on a near-zero-compute model (0: skip)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    from llamactl import bench
+    from synth_gguf import build_llama_gguf
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    tmp = tempfile.TemporaryDirectory(prefix="llamactl-overhead-")
+    model = a.model
+    if model is None:
+        model = Path(tmp.name) / "synthetic-llama-q8_0.gguf"
+        t0 = time.perf_counter()
+        build_llama_gguf(model)
+        log(f"built {model.name} ({model.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+
+    results = compare(model, threads=a.threads, reps=a.reps, n_prompt=a.p, n_gen=a.n,
+                      clock=a.clock, log=log)
+    doc = {"model": str(model if a.model else "synthetic Llama-shaped Q8_0 (hidden 1024, 16 layers, vocab 32000)"),
+           "model_bytes": model.stat().st_size, "clock": a.clock, "reps": a.reps, **results}
+
+    if a.probe_reps:
+        # The engine's own cost, measured where llama.cpp's compute is nearly nothing: a model
+        # with the same vocabulary (sampling costs the same) but hidden 64 and 2 layers. The
+        # extra CPU seconds per test there are what llamactl adds; divided into the big
+        # model's baseline time they give the ratio without the big model's noise.
+        probe = Path(tmp.name) / "probe.gguf"
+        build_llama_gguf(probe, hidden=64, layers=2, ffn=256, heads=4, kv_heads=2, qtype="F32")
+        log("overhead probe (near-zero compute, same vocabulary):")
+        pr = compare(probe, threads=a.threads, reps=a.probe_reps, n_prompt=a.p, n_gen=a.n,
+                     clock="cpu", log=log)
+        doc["probe"] = {}
+        for kind in ("pp", "tg"):
+            extra = pr[kind]["cpu"]["extra_seconds_median_paired"]
+            base_s = results[kind]["cpu"]["baseline_seconds_mean"]
+            doc["probe"][kind] = {
+                "extra_seconds_per_test": extra,
+                "extra_microseconds_per_token": extra / results[kind]["tokens"] * 1e6,
+                "derived_ratio": base_s / (base_s + max(extra, 0.0)),
+            }
+    tmp.cleanup()
+    doc["machine"] = bench.machine_info()
     if a.json:
         print(json.dumps(doc, indent=2))
     else:
-        for r in results.values():
-            print(f"{r['test']:>6}  ratio llamactl/baseline {r['ratio']:.3f} ({a.clock} time; "
-                  f"goal >= {r['goal']}: {'met' if r['meets_goal'] else 'NOT met'})")
+        for kind in ("pp", "tg"):
+            r = doc[kind]
+            line = (f"{r['test']:>6}  ratio llamactl/baseline {r['ratio']:.3f} ({a.clock} time; "
+                    f"goal >= {r['goal']}: {'met' if r['meets_goal'] else 'NOT met'})")
+            if "probe" in doc:
+                p = doc["probe"][kind]
+                line += (f"; engine overhead {p['extra_microseconds_per_token']:.1f} µs/token "
+                         f"-> derived ratio {p['derived_ratio']:.4f}")
+            print(line)
     return 0
 
 
