@@ -146,7 +146,14 @@ class Repl:
             if not message:
                 continue
             self.conv.add("user", message)
-            self.answer()
+            try:
+                self.answer()
+            except LlamactlError as exc:   # e.g. a chat template that refuses the conversation
+                if self.conv.messages and self.conv.messages[-1]["role"] == "user":
+                    self.conv.messages.pop()
+                output.error(exc.message)
+                if exc.hint:
+                    output.hint(exc.hint)
 
     def answer(self) -> None:
         """Generate the assistant's answer to the conversation as it stands."""
