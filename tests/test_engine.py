@@ -208,3 +208,21 @@ def test_answers_are_reused_as_generated(engine, monkeypatch):
     assert engine.chat_tokens(messages)[:len(cached)] == cached
     _, s2 = _run(engine.stream_chat(messages, Sampling(temperature=0, max_tokens=1)))
     assert s2.prompt_tokens_evaluated == s2.prompt_tokens - len(cached)
+
+
+def test_llama4_end_of_turn_token_stops(tmp_path, monkeypatch):
+    """Llama 4 ends a turn with <|eot|>; the engine stops there even where the GGUF does
+    not mark it as end-of-generation."""
+    from tests.synthetic import tiny
+
+    monkeypatch.setattr(tiny, "SPECIALS", tiny.SPECIALS + ["<|header_start|>", "<|header_end|>", "<|eot|>"])
+    path = tiny.write_tiny_gguf(tmp_path / "eot.gguf", n_layer=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
+    eng = Engine.load(path, EngineOptions(n_ctx=256, chat_format="llama4"))
+    try:
+        eot = eng.tokenize("<|eot|>")
+        assert len(eot) == 1 and eng.is_stop(eot[0])
+        assert not eng.is_stop(eng.tokenize("<|header_start|>")[0])
+        assert eng.render([{"role": "user", "content": "hi"}]).endswith(
+            "<|header_start|>user<|header_end|>\n\nhi<|eot|><|header_start|>assistant<|header_end|>\n\n")
+    finally:
+        eng.close()
