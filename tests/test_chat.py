@@ -191,3 +191,19 @@ def test_cpu_moe_keeps_experts_in_cpu_memory(cli, tmp_path):
     assert proc.returncode == 0, proc.err
     overridden = re.findall(r"tensor (blk\.\d+\.ffn_\w+_exps)\.weight .*buffer type overridden to CPU", proc.err)
     assert sorted(overridden) == sorted(f"blk.{i}.ffn_{k}_exps" for i in (0, 1) for k in ("gate", "up", "down"))
+
+
+def test_ctrl_c_in_one_shot_exits_130(tiny_gguf):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "llamactl", "chat", str(tiny_gguf), "count to a thousand",
+                             "-n", "3000", "--ctx", "4096", "--seed", "1", "--temperature", "0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO)
+    first = proc.stdout.read(4)           # the answer is streaming
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert first and proc.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert (first + out).endswith(b"\n")

@@ -82,6 +82,11 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
             stats = item
     if stats is None:  # pragma: no cover - stream_chat always ends with Stats
         stats = engine.last_stats
+    if stats.finish_reason == "interrupted":
+        # Ctrl-C (the engine ended the answer early): end the line, then exit 130
+        if writer is not None:
+            writer.end()
+        raise KeyboardInterrupt
     content = "".join(parts).strip()
     conv.add("assistant", content)
     doc = {
