@@ -10,8 +10,12 @@ Goal: turn 10 / turn 1 <= 1.2.
     python benchmarks/multiturn_ttft.py --model X.gguf  # any GGUF
 
 The synthetic model (random weights, byte-level BPE vocabulary with Llama 3's special
-tokens and chat template) is built in a temporary folder: big enough that evaluating a
-prompt costs real time on a CPU, small enough to build in seconds. Each turn's answer is a
+tokens and chat template; by default hidden size 1024, 8 layers, F32, ~400 MB) is built in
+a temporary folder: big enough that evaluating a prompt costs real time on a CPU, so that
+the weights rather than Python dominate as in a real model, small enough to build in
+seconds. On a very small model attention over the longer history weighs relatively more
+(and millisecond timings are noisy): `--n-embd 512` gave 1.0-1.2x here, the 1024 default
+0.87x (2 shared CPU cores, llama-cpp-python 0.3.36). Each turn's answer is a
 fixed number of generated tokens (ignoring end-of-turn) so every turn adds the same amount.
 The ratio is of medians over several repetitions of the whole conversation (after one
 warm-up conversation). For comparison it also times turn 10 with the cache cleared first,
@@ -169,17 +173,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--message-tokens", type=int, default=64)
     parser.add_argument("--answer-tokens", type=int, default=48)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    parser.add_argument("--n-embd", type=int, default=1024, help="synthetic model: hidden size")
+    parser.add_argument("--n-layer", type=int, default=8, help="synthetic model: layers")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
     from llamactl.engine import Engine, EngineOptions
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else build_synthetic_gguf(Path(tmp) / "synthetic.gguf")
-        engine = Engine.load(model, EngineOptions(n_ctx=args.ctx, threads=args.threads))
+        model = Path(args.model) if args.model else build_synthetic_gguf(
+            Path(tmp) / "synthetic.gguf", n_embd=args.n_embd, n_layer=args.n_layer,
+            n_head=args.n_embd // 64, n_head_kv=max(1, args.n_embd // 256), n_ff=args.n_embd * 3)
+        engine = Engine.load(model, EngineOptions(n_ctx=args.ctx, threads=args.threads,
+                                                  flash_attn=args.flash_attn))
         try:
             kw = dict(turns=args.turns, message_tokens=args.message_tokens, answer_tokens=args.answer_tokens)
             run_conversation(engine, **kw)                                  # warm-up
@@ -192,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     last = args.turns
     doc = {
-        "model": str(args.model or "synthetic (n_embd 512, 8 layers, F32)"),
+        "model": str(args.model or f"synthetic (n_embd {args.n_embd}, {args.n_layer} layers, F32)"),
+        "flash_attn": args.flash_attn,
         "turns": args.turns, "message_tokens": args.message_tokens, "answer_tokens": args.answer_tokens,
         "reps": args.reps,
         "per_turn": [{"turn": t, "ttft_ms": round(1000 * med(reused, t, "ttft"), 2),
