@@ -181,3 +181,16 @@ def test_ctrl_c_stops_the_run_with_exit_130(tiny_gguf):
     reader.join(5)
     assert proc.returncode == 130, b"".join(err_lines)
     assert out == b""
+
+
+@pytest.mark.slow
+def test_depth_beyond_the_models_trained_context_exits_2(cli, tiny_gguf):
+    from llamactl.gguf_info import read_gguf
+
+    trained = read_gguf(tiny_gguf).context_length
+    depth = str(trained + 1)
+    proc = cli("bench", str(tiny_gguf), "-p", "8", "-n", "0", "--depth", depth, "-o", "json")
+    assert proc.returncode == 2, proc.err
+    assert depth in proc.err
+    row = json.loads(proc.out)["results"][0]
+    assert row["exit_code"] == 2 and row["tps_mean"] is None
