@@ -285,14 +285,16 @@ def register(app: typer.Typer) -> None:
         machine = core.machine_info()
         rows: list[dict] = []
         first_error: dict | None = None
+        warned: set[tuple[str, str]] = set()
         for row in core.run_bench(models, tests, sweep, reps=repetitions, warmup=not no_warmup,
                                   seed=seed, resolve=resolve, progress=progress, verbose=verbose):
             d = row.to_dict()
             rows.append(d)
             if row.error:
                 first_error = first_error or d
-                if not quiet:
-                    output.warn(f"{row.model} {row.test}: {row.error}")
+                if not quiet and (row.model, row.error) not in warned:
+                    warned.add((row.model, row.error))
+                    output.warn(f"{row.model}: {row.error}")
             elif not quiet:
                 output.note(f"{_model_name(row.model)} {row.test}: {_tps(d)} t/s")
 
