@@ -21,7 +21,6 @@ overhead adds to. On a quiet machine, `--clock wall -t N` measures the same rati
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import random
 import statistics
