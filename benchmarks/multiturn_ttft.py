@@ -1,7 +1,9 @@
 """Multi-turn cost: time to first token of turn 10 against turn 1.
 
-A conversation of ten turns, each new user message of the same length, goes through the
-engine's one chat path (`Engine.stream_chat`). If each new turn reuses the KV cache of the
+A conversation of ten turns, each new user message of the same length, goes through what
+the REPL does for each message (fit the conversation to the context, render it, build the
+prompt tokens as `Engine.stream_chat` does, stream the answer); the time to first token is
+measured from the message to its first answer token. If each new turn reuses the KV cache of the
 conversation so far, turn 10 evaluates about as many tokens as turn 1 and its time to first
 token stays close; if the history were evaluated again, turn 10 would cost ten times more.
 Goal: turn 10 / turn 1 <= 1.2.
@@ -14,8 +16,10 @@ tokens and chat template; by default hidden size 1024, 8 layers, F32, ~400 MB) i
 a temporary folder: big enough that evaluating a prompt costs real time on a CPU, so that
 the weights rather than Python dominate as in a real model, small enough to build in
 seconds. On a very small model attention over the longer history weighs relatively more
-(and millisecond timings are noisy): `--n-embd 512` gave 1.0-1.2x here, the 1024 default
-0.87x (2 shared CPU cores, llama-cpp-python 0.3.36). Each turn's answer is a
+(and millisecond timings are noisy): `--n-embd 512` gave 0.86-1.2x over runs here, the
+1024 default 0.87x and 1.09x in two runs (2 CPU cores shared with other work,
+llama-cpp-python 0.3.36). The rendering and prompt building cost ~2 ms at turn 10; the
+rest of the growth from turn 2 to 10 is attention over the longer cache. Each turn's answer is a
 fixed number of generated tokens (ignoring end-of-turn) so every turn adds the same amount.
 The ratio is of medians over several repetitions of the whole conversation (after one
 warm-up conversation). For comparison it also times turn 10 with the cache cleared first,
@@ -139,26 +143,35 @@ def _message(engine, turn: int, n_tokens: int) -> str:
 
 
 def run_conversation(engine, *, turns: int, message_tokens: int, answer_tokens: int) -> list[dict]:
-    """One conversation through the engine's chat path: per turn, the time to first token
-    and the tokens evaluated; for the last turn also the time to first token when the
-    cache is cleared first (the cost of evaluating the whole history again)."""
+    """One conversation as the REPL runs it (fit the context, render, build the prompt
+    tokens, stream): per turn, the time from the message to its first answer token and the
+    tokens evaluated; for the last turn also the time to first token when the cache is
+    cleared first (the cost of evaluating the whole history again)."""
+    import time
+
+    from llamactl.chat.conversation import Conversation, answer_reserve, fit_to_context
     from llamactl.engine import Piece, Sampling
 
     engine.reset()
     sampling = Sampling(temperature=0, max_tokens=answer_tokens)
-    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    conv = Conversation(system="You are a helpful assistant.")
     rows = []
     for turn in range(1, turns + 1):
-        messages.append({"role": "user", "content": _message(engine, turn, message_tokens)})
-        tokens = engine.chat_tokens(messages)          # exactly what stream_chat does
-        pieces, stats = [], None
+        conv.add("user", _message(engine, turn, message_tokens))
+        t0 = time.perf_counter()
+        fit_to_context(conv, engine.count_chat_tokens, engine.n_ctx,
+                       answer_reserve(engine.n_ctx, sampling.max_tokens))
+        tokens = engine.chat_tokens(conv.as_messages())     # exactly what stream_chat does
+        pieces, stats, first = [], None, None
         for item in engine.stream_tokens(tokens, sampling, ignore_eos=True):
             if isinstance(item, Piece):
+                if first is None:
+                    first = time.perf_counter()
                 pieces.append(item.text)
             else:
                 stats = item
-        messages.append({"role": "assistant", "content": "".join(pieces)})
-        rows.append({"turn": turn, "ttft": stats.ttft_seconds, "prompt_tokens": stats.prompt_tokens,
+        conv.add("assistant", "".join(pieces))
+        rows.append({"turn": turn, "ttft": first - t0, "prompt_tokens": stats.prompt_tokens,
                      "evaluated": stats.prompt_tokens_evaluated})
     fresh = None
     for item in engine.stream_tokens(tokens, Sampling(temperature=0, max_tokens=1), reuse_cache=False):
