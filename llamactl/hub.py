@@ -681,27 +681,21 @@ def _model_lock_path(name: str) -> Path:
     return paths.state_dir() / "locks" / f"pull-{digest}.lock"
 
 
-def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = False,
-               confirm: LicenseConfirm | None = None,
-               progress: DownloadProgress | None = None) -> tuple[dict[str, Any], str]:
-    """Pull a catalog or Hub reference: plan, license gate, download with resume, verify,
-    register. Returns (registry entry, status) with status "present" (already here,
-    nothing downloaded) or "pulled". One pull per model at a time: a second one waits for
-    the first and then finds the model there."""
-    from filelock import FileLock, Timeout
-
+def _present(plan: Any) -> dict[str, Any] | None:
+    """The registered entry for this plan's exact revision, when all its files are here."""
     from llamactl import registry
 
-    progress = progress or DownloadProgress()
-    if revision is None:
-        existing = registered_for(ref)
-        if existing is not None and files_present(existing):
-            return existing, "present"
-    plan = resolve_plan(ref, revision)
     existing = registry.get(plan.name)
     if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
-        return existing, "present"
-    license_gate(plan, accept_license=accept_license, confirm=confirm)
+        return existing
+    return None
+
+
+@contextlib.contextmanager
+def _model_lock(plan: Any, progress: "DownloadProgress") -> Iterator[dict[str, Any] | None]:
+    """One pull per model at a time. A second pull waits (saying so), then gets the entry
+    the first one registered, or None when it must do the work itself."""
+    from filelock import FileLock, Timeout
 
     lock_file = _model_lock_path(plan.name)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -712,8 +706,33 @@ def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = 
         progress.waiting(plan.name)
         lock.acquire()
     try:
-        existing = registry.get(plan.name)
-        if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
+        yield _present(plan)
+    finally:
+        lock.release()
+
+
+def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = False,
+               confirm: LicenseConfirm | None = None,
+               progress: DownloadProgress | None = None) -> tuple[dict[str, Any], str]:
+    """Pull a catalog or Hub reference: plan, license gate, download with resume, verify,
+    register. Returns (registry entry, status) with status "present" (already here,
+    nothing downloaded) or "pulled". One pull per model at a time: a second one waits for
+    the first and then finds the model there."""
+    from llamactl import registry
+
+    progress = progress or DownloadProgress()
+    if revision is None:
+        existing = registered_for(ref)
+        if existing is not None and files_present(existing):
+            return existing, "present"
+    plan = resolve_plan(ref, revision)
+    existing = _present(plan)
+    if existing is not None:
+        return existing, "present"
+    license_gate(plan, accept_license=accept_license, confirm=confirm)
+
+    with _model_lock(plan, progress) as existing:
+        if existing is not None:
             return existing, "present"
         records = download(plan, progress)
         if plan.license_family is None:
@@ -738,8 +757,6 @@ def pull_model(ref: Any, *, revision: str | None = None, accept_license: bool = 
             "pulled_at": registry.now(),
         }
         return registry.put(entry), "pulled"
-    finally:
-        lock.release()
 
 
 # ---------------------------------------------------------------------------- --from safetensors
@@ -799,8 +816,6 @@ def pull_safetensors(ref: Any, *, quant: str = "Q4_K_M", revision: str | None = 
     to GGUF, quantize it to `quant`, register the result as MODEL:QUANT in llamactl's models
     folder. The full-precision intermediate is deleted unless `keep_intermediate` (then it
     is registered too, as MODEL:F16/BF16/F32)."""
-    from filelock import FileLock, Timeout
-
     from llamactl import registry
     from llamactl.convert import convert_checkpoint
     from llamactl.quantize import _FLOAT_TYPES, normalize_type, quantize_gguf
@@ -814,21 +829,13 @@ def pull_safetensors(ref: Any, *, quant: str = "Q4_K_M", revision: str | None = 
         if existing is not None and files_present(existing):
             return existing, "present"
     plan = resolve_safetensors_plan(ref, qtype, revision)
-    existing = registry.get(plan.name)
-    if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
+    existing = _present(plan)
+    if existing is not None:
         return existing, "present"
     license_gate(plan, accept_license=accept_license, confirm=confirm)
 
-    lock = FileLock(str(_model_lock_path(plan.name)))
-    _model_lock_path(plan.name).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        progress.waiting(plan.name)
-        lock.acquire()
-    try:
-        existing = registry.get(plan.name)
-        if existing is not None and existing.get("revision") == plan.commit and files_present(existing):
+    with _model_lock(plan, progress) as existing:
+        if existing is not None:
             return existing, "present"
         download(plan, progress)
         src_dir = repo_folder(plan.repo) / "snapshots" / plan.commit
@@ -866,5 +873,3 @@ def pull_safetensors(ref: Any, *, quant: str = "Q4_K_M", revision: str | None = 
                  "files": [rec], "path": rec["path"], "size": rec["size"],
                  "pulled_at": registry.now()}
         return registry.put(entry), "pulled"
-    finally:
-        lock.release()
