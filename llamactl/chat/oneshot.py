@@ -73,13 +73,20 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
     writer = None if json_out else _Writer(sys.stdout)
     parts: list[str] = []
     stats: Stats | None = None
-    for item in engine.stream_chat(conv.as_messages(), sampling):
-        if isinstance(item, Piece):
-            parts.append(item.text)
-            if writer is not None:
-                writer.write(item.text)
-        else:
-            stats = item
+    try:
+        for item in engine.stream_chat(conv.as_messages(), sampling):
+            if isinstance(item, Piece):
+                parts.append(item.text)
+                if writer is not None:
+                    writer.write(item.text)
+            else:
+                stats = item
+    except KeyboardInterrupt:
+        # Ctrl-C landed here rather than inside the engine (e.g. while writing a piece):
+        # end the line all the same, then exit 130
+        if writer is not None:
+            writer.end()
+        raise
     if stats is None:  # pragma: no cover - stream_chat always ends with Stats
         stats = engine.last_stats
     if stats.finish_reason == "interrupted":
