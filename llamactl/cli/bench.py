@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -43,7 +39,7 @@ def _tps(row: dict) -> str:
     if row.get("error"):
         return f"error: {row['error']}"
     mean, sd = row.get("tps_mean"), row.get("tps_sd")
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if mean is None or (isinstance(mean, float) and mean != mean):  # None or NaN
         return ""
     return f"{mean:.2f} ± {sd:.2f}"
 
@@ -110,6 +106,9 @@ def render_csv(rows: list[dict]) -> str:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and k != "machine"]
+    import csv
+    import io
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys)
@@ -136,6 +135,8 @@ def render_table(rows: list[dict], history: bool = False, show_ctx: bool = False
 
 def _emit(rows: list[dict], fmt: str, *, machine: dict | None, history: bool = False,
           show_ctx: bool = False) -> None:
+    import json
+
     from llamactl.cli import output
 
     if fmt == "json":

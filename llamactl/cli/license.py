@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Annotated, Any
 
@@ -44,6 +43,8 @@ def prompt_accept(family_id: str, texts: list[tuple[str, str]], model: str) -> s
     digest: str | bool = True
     if texts:
         joined = "\n\n".join(f"==> {name} <==\n{text}" for name, text in texts)
+        import hashlib
+
         digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()
         output.info(f"The license text from the repository follows ({', '.join(n for n, _ in texts)}).")
         _page(joined)
