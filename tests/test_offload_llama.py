@@ -13,16 +13,12 @@ import pytest
 
 from llamactl.offload import GIB, MIB, padded_ctx, plan_for_model
 from tests.conftest import REPO
+from tests.synthetic.llama_probe import run_probe as probe
 from tests.synthetic.tiny import write_tiny_gguf
 
 pytestmark = pytest.mark.slow
 
 
-def probe(model, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tests.synthetic.llama_probe", str(model), *args],
-                          capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

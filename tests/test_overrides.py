@@ -5,25 +5,17 @@ patterns go through unchanged, and bindings of another shape are refused loudly.
 from __future__ import annotations
 
 import ctypes
-import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from llamactl import overrides
 from llamactl.gguf_info import read_gguf
 from llamactl.offload import GIB, plan_for_model
-from tests.conftest import REPO
+from tests.synthetic.llama_probe import run_probe as probe
 from tests.synthetic.tiny import write_tiny_gguf
 
 
-def probe(model, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tests.synthetic.llama_probe", str(model), *args],
-                          capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,18 @@ import re
 import sys
 from typing import Any
 
+
+def run_probe(model, *args: str) -> dict:
+    """Run this probe on `model` in a fresh interpreter; return its JSON report."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.synthetic.llama_probe", str(model), *args],
+                          capture_output=True, text=True, timeout=240, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
 MIB = 1024 * 1024
 KV_LINE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers")
 BUF_LINE = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
