@@ -117,11 +117,12 @@ def compare(model: Path, *, threads: int, reps: int, n_prompt: int, n_gen: int,
     """Interleaved repetitions of pp and tg on both sides; per-side wall and CPU seconds."""
     from llamactl import bench
     from llamactl.engine import Engine, EngineOptions
+    from llamactl.load import LoadSpec
 
     pp_test = bench.TestSpec(n_prompt=n_prompt)
     tg_test = bench.TestSpec(n_gen=n_gen)
     n_ctx = bench.default_ctx([pp_test, tg_test])
-    engine = Engine.load(model, EngineOptions(n_ctx=n_ctx, gpu_layers=0, threads=threads))
+    engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=n_ctx, gpu_layers=0, threads=threads)))
     cp = engine.llama.context_params
     base = Baseline(model, n_ctx=cp.n_ctx, n_batch=cp.n_batch, n_ubatch=cp.n_ubatch,
                     n_threads=cp.n_threads, n_threads_batch=cp.n_threads_batch,

@@ -196,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from llamactl.engine import Engine, EngineOptions
+    from llamactl.load import LoadSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else build_synthetic_gguf(
             Path(tmp) / "synthetic.gguf", n_embd=args.n_embd, n_layer=args.n_layer,
             n_head=args.n_embd // 64, n_head_kv=max(1, args.n_embd // 256), n_ff=args.n_embd * 3)
-        engine = Engine.load(model, EngineOptions(n_ctx=args.ctx, threads=args.threads,
-                                                  flash_attn=args.flash_attn))
+        engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=args.ctx, threads=args.threads,
+                                                            flash_attn=args.flash_attn)))
         try:
             kw = dict(turns=args.turns, message_tokens=args.message_tokens, answer_tokens=args.answer_tokens)
             run_conversation(engine, **kw)                                  # warm-up

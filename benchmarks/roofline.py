@@ -83,6 +83,7 @@ def main() -> int:
 
     from llamactl import bench
     from llamactl.engine import Engine, EngineOptions
+    from llamactl.load import LoadSpec
 
     tmp = None
     model = a.model
@@ -95,8 +96,8 @@ def main() -> int:
     per_token, total = weight_bytes_per_token(model)
     bw = copy_bandwidth(a.threads)
     test = bench.TestSpec(n_gen=a.n)
-    engine = Engine.load(model, EngineOptions(n_ctx=bench.default_ctx([test]), gpu_layers=0,
-                                              threads=a.threads))
+    engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=bench.default_ctx([test]), gpu_layers=0,
+                                                            threads=a.threads)))
     res = bench.bench_test(engine, test, a.reps, warmup=True, rng=random.Random(3))
     engine.close()
     bw += copy_bandwidth(a.threads)

@@ -40,6 +40,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from bench' -o ub
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -o v
 complete -c llamactl -f -n '__fish_use_subcommand' -a chat -d 'Chat with a model. On a terminal: an interactive REPL (/help lists its commands). With a prompt, or with text piped in: print the answer and exit.'
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l batch-size
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l chat-format
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l cpu-moe
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l ctx
@@ -48,6 +49,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l kv-type
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l load
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l max-tokens
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l min-p
@@ -59,12 +61,16 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -l temperature
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l threads
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l top-k
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l top-p
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l ubatch-size
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l verbose
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o b
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o c
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o fa
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o n
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o ngl
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o s
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o t
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -o ub
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -o v
 complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a Hugging Face safetensors checkpoint folder (Llama 3.x, Llama 4) to GGUF. Prints the output path. Quantize it afterwards with `llamactl quantize`.'
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l force
@@ -112,6 +118,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ubatch-size
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l vram
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -o b
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -o c
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -o fa
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ngl
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -o ub
 complete -c llamactl -f -n '__fish_use_subcommand' -a pull -d 'Download a model from the Hugging Face Hub (resume, sha256 checks, license gate). Prints the model file\'s path.'

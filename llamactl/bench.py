@@ -34,9 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from llamactl import load
+from llamactl.engine.types import Stats
 from llamactl.errors import LlamactlError, UsageError
 
-KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 HISTORY_FILE = "bench-history.jsonl"
 
 # --------------------------------------------------------------------------- test specs
@@ -145,20 +146,8 @@ def parse_int_list(option: str, text: str, *, minimum: int = 1) -> list[int]:
 
 
 def parse_gpu_layers(text: str) -> list[int | str]:
-    out: list[int | str] = []
-    for part in _split("--gpu-layers", text):
-        if part.lower() == "auto":
-            out.append("auto")
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise UsageError(f"bad --gpu-layers value: {part!r}",
-                             hint="expected a number of layers or 'auto'") from None
-        if value < 0:
-            raise UsageError(f"bad --gpu-layers value: {part!r}", hint="expected 0 or more, or 'auto'")
-        out.append(value)
-    return out
+    """'auto,0,-1,99' -> ['auto', 0, -1, 99], each value as llamactl.load reads it."""
+    return [load.parse_gpu_layers(part) for part in _split("--gpu-layers", text)]
 
 
 def parse_bool_list(option: str, text: str) -> list[bool]:
@@ -173,17 +162,14 @@ def parse_bool_list(option: str, text: str) -> list[bool]:
 
 
 def parse_kv_types(text: str) -> list[str]:
-    out = []
-    for part in _split("--kv-type", text):
-        if part.lower() not in KV_TYPES:
-            raise UsageError(f"bad --kv-type value: {part!r}", hint="one of " + ", ".join(KV_TYPES))
-        out.append(part.lower())
-    return out
+    return [load.kv_type(part).name for part in _split("--kv-type", text)]
 
 
 @dataclass(frozen=True)
 class LoadParams:
-    """One combination of the swept load parameters (None: the engine's default)."""
+    """One combination of the swept load parameters, as given (None: the default); `spec`
+    validates it. A sweep may hold combinations that break a rule (--kv-type q8_0,f16
+    --flash-attn 0,1): those become error rows, the others run."""
 
     gpu_layers: int | str = "auto"
     threads: int | None = None
@@ -192,6 +178,12 @@ class LoadParams:
     n_ctx: int | None = None
     kv_type: str = "f16"
     flash_attn: bool = False
+
+    def spec(self, default_ctx: int | None = None) -> load.LoadSpec:
+        """The LoadSpec of this combination (UsageError when it breaks a rule)."""
+        return load.load_spec(ctx=self.n_ctx or default_ctx, gpu_layers=self.gpu_layers,
+                              threads=self.threads, n_batch=self.n_batch, n_ubatch=self.n_ubatch,
+                              kv_type=self.kv_type, flash_attn=self.flash_attn)
 
 
 @dataclass
@@ -209,6 +201,20 @@ class Sweep:
         return [LoadParams(*combo) for combo in itertools.product(
             self.gpu_layers, self.threads, self.n_batch, self.n_ubatch, self.n_ctx,
             self.kv_type, self.flash_attn)]
+
+    def check(self) -> None:
+        """UsageError (the rule's own message, exit 2) when no combination is valid: nothing
+        could run, so the flags are wrong, as they would be for `chat` or `plan`."""
+        errors = []
+        for params in self.combinations():
+            try:
+                params.spec()
+            except UsageError as exc:
+                errors.append(exc)
+            else:
+                return
+        if errors:
+            raise errors[0]
 
     def swept(self) -> list[str]:
         """Names of the parameters given more than one value."""
@@ -509,13 +515,15 @@ def random_tokens(rng: random.Random, n_vocab: int, n: int) -> list[int]:
     return [rng.randrange(n_vocab) for _ in range(n)]
 
 
-def _drain(stream: Iterable[Any]) -> Any:
+def _drain(stream: Iterable[Any]) -> Stats:
     """Consume a stream_tokens iterator; return its final Stats. The engine turns Ctrl-C
     into finish_reason "interrupted"; a benchmark must stop there, not go on."""
     stats = None
     for item in stream:
         stats = item
-    if getattr(stats, "finish_reason", None) == "interrupted":
+    if not isinstance(stats, Stats):
+        raise LlamactlError("the engine's stream ended without its statistics")
+    if stats.finish_reason == "interrupted":
         raise KeyboardInterrupt
     return stats
 
@@ -536,20 +544,19 @@ def measure_once(engine: Any, test: TestSpec, rng: random.Random) -> Sample:
     stats = _drain(engine.stream_tokens(prefix + prompt, sampling, ignore_eos=True,
                                         reuse_cache=bool(prefix)))
     seconds = time.perf_counter() - t0
-    evaluated = getattr(stats, "prompt_tokens_evaluated", len(prompt))
+    evaluated = stats.prompt_tokens_evaluated
     if evaluated != len(prompt):
         raise LlamactlError(f"{test.name}: the engine evaluated {evaluated} prompt tokens "
                             f"instead of {len(prompt)} (the depth prefix was not reused)")
-    ttft = getattr(stats, "ttft_seconds", None)
-    if test.n_gen and getattr(stats, "completion_tokens", test.n_gen) != test.n_gen:
+    ttft = stats.ttft_seconds
+    if test.n_gen and stats.completion_tokens != test.n_gen:
         raise LlamactlError(f"{test.name}: the engine generated {stats.completion_tokens} tokens "
                             f"instead of {test.n_gen}")
     if not test.n_gen or not ttft:
         # pp: no token is sampled; the time a user waits for a first token is the prompt's
-        ttft = getattr(stats, "prompt_seconds", None) or seconds
+        ttft = stats.prompt_seconds or seconds
     return Sample(tokens=test.counted_tokens, seconds=seconds, ttft=ttft,
-                  prompt_seconds=getattr(stats, "prompt_seconds", None),
-                  generation_seconds=getattr(stats, "generation_seconds", None))
+                  prompt_seconds=stats.prompt_seconds, generation_seconds=stats.generation_seconds)
 
 
 def bench_test(engine: Any, test: TestSpec, reps: int, *, warmup: bool = True,
@@ -634,33 +641,24 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
                     raise UsageError(f"{deepest.name} needs a context of {deepest.context_needed} "
                                      f"tokens; {Path(path).name} was trained for {trained}",
                                      hint="lower --depth or the test size, or pass --ctx")
-                if params.kv_type not in ("f16", "f32", "bf16") and not params.flash_attn:
-                    raise UsageError(f"--kv-type {params.kv_type} needs --flash-attn 1 "
-                                     "(llama.cpp cannot quantize the V cache without it)")
+                spec = params.spec(default_ctx=auto_ctx)
                 say(f"loading {ref} ({_combo_text(params)}, ctx {n_ctx})")
                 _reset_peak_rss()
                 gpu_before = _gpu_free()
-                options = EngineOptions(n_ctx=n_ctx, gpu_layers=params.gpu_layers,
-                                        threads=params.threads, n_batch=params.n_batch,
-                                        n_ubatch=params.n_ubatch, flash_attn=params.flash_attn,
-                                        kv_type=params.kv_type, seed=seed, verbose=verbose)
-                engine = Engine.load(path, options)
+                engine = Engine.load(path, EngineOptions(load=spec, seed=seed, verbose=verbose))
             except (LlamactlError, ValueError, RuntimeError, OSError) as exc:
                 for t in tests:
                     yield _error_row(ref, path, params, t, exc)
                 continue
             try:
                 desc, size, n_params = _describe(engine.llama)
-                plan = getattr(engine, "plan", None)
-                ngl = plan.n_gpu_layers if plan is not None else (
-                    params.gpu_layers if isinstance(params.gpu_layers, int) else 0)
-                threads = getattr(engine.llama, "n_threads", None) or params.threads
-                threads_batch = getattr(engine.llama, "n_threads_batch", None) or threads
+                ngl = engine.plan.n_gpu_layers
+                threads = int(engine.llama.n_threads)
+                threads_batch = int(engine.llama.n_threads_batch)
                 common = dict(base, model_type=desc, model_size=size, model_params=n_params,
                               backend=_backend(ngl), gpu_layers=ngl, threads=threads,
-                              threads_batch=threads_batch,
-                              n_ctx=getattr(engine, "n_ctx", n_ctx),
-                              load_seconds=getattr(engine, "load_seconds", None))
+                              threads_batch=threads_batch, n_ctx=engine.n_ctx,
+                              load_seconds=engine.load_seconds)
                 rng = random.Random(seed)
                 for t in tests:
                     say(f"{ref}: {t.name} ({'1 warm-up + ' if warmup else ''}{reps} runs)")
@@ -709,10 +707,8 @@ def _resolve_path(ref: str) -> Path:
 
 
 def _trained_context(path: Path) -> int | None:
-    try:
-        from llamactl.gguf_info import read_gguf
-    except ImportError:
-        return None
+    from llamactl.gguf_info import read_gguf
+
     return read_gguf(path).context_length
 
 

@@ -22,26 +22,18 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from llamactl import load
 from llamactl.errors import IntegrityError, NotFound, UsageError
 
 SPLIT_SUFFIX = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
-          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 HUB_FILE_LIMIT = 50 * 10**9
 COPY_CHUNK = 16 * 2**20
 
 
 def parse_size(text: str | int) -> int:
-    """'50G', '48GB', '500M', '1.5G', '40GiB' or a byte count -> bytes (K/M/G/T are
-    decimal, as llama.cpp's gguf-split and the Hub count them; KiB/MiB/GiB binary)."""
-    if isinstance(text, int):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-        unit = m.group(2).upper() if m else None
-        if not m or unit not in _UNITS:
-            raise UsageError(f"not a size: {text!r}", hint="use a number with a unit: 48G, 2000M, 40GiB")
-        value = int(float(m.group(1)) * _UNITS[unit])
+    """--split-max-size: a positive size, read as every size option is (llamactl.load:
+    '48G' and '48GB' are decimal, as the Hub's 50 GB limit counts; '40GiB' binary)."""
+    value = load.parse_size(text, "--split-max-size")
     if value <= 0:
         raise UsageError(f"a split size must be positive, not {text!r}")
     return value

@@ -27,6 +27,7 @@ from typing import Any
 
 from llamactl.errors import InsufficientResources, UsageError
 from llamactl.fsutil import human_bytes
+from llamactl.load import KV_TYPES, LoadSpec
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -39,30 +40,16 @@ CUDA_OVERHEAD = 512 * MIB    # CUDA context, cuBLAS workspace: not reported by l
 MARGIN_FRACTION = 0.02       # safety margin: 2% of the GPU's memory, at least 256 MiB
 MIN_MARGIN = 256 * MIB
 
-# bytes per element of the KV cache types: (block elements, block bytes)
-KV_TYPES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
-            "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
-# ggml type ids of those (for llama_cpp's type_k/type_v)
-KV_GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
-
 EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
 LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
+class DoesNotFit(InsufficientResources):
+    """Even the smallest plan does not fit (exit 8); `plan` is the refused plan."""
 
-def parse_size(text: str) -> int:
-    """'80GiB' -> bytes (binary), '24GB' -> bytes (decimal), '512MiB', '1.5T', a plain
-    number of bytes. Raises UsageError on anything else."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise UsageError(f"not a size: {text!r}", hint="use a size such as 80GiB, 24GB or 512MiB")
-    number, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
-    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit]
-    # "80GiB" and "80G" are binary (as llama.cpp and nvidia-smi count); "24GB" is decimal.
-    decimal = bool(unit) and not binary and str(text).strip().lower().endswith("b")
-    base = 1000 if decimal else 1024
-    return int(number * base**power)
+    def __init__(self, message: str, *, plan: "Plan", hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.plan = plan
 
 
 def expert_pattern(layers: list[int]) -> str:
@@ -104,7 +91,8 @@ class ModelShape:
         return any(self.expert_bytes)
 
     def kv_bytes_per_cell(self, layer: int, kv_type: str) -> int:
-        block, size = KV_TYPES[kv_type]
+        kv = KV_TYPES[kv_type]
+        block, size = kv.block, kv.block_bytes
         kv_heads = self.n_head_kv[layer]
         k = kv_heads * self.head_dim_k
         v = kv_heads * self.head_dim_v
@@ -350,26 +338,18 @@ def _ctx_limit(shape: ModelShape, cap: int) -> int:
     return min(trained, cap)
 
 
-def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int | None = None,
-         kv_type: str = "f16", flash_attn: bool = False, n_batch: int = 512, n_ubatch: int = 512,
-         gpu_layers: int | None = None, cpu_moe: int | None = None, devices: Any = None,
-         margin: int | None = None) -> Plan:
-    """The plan for a GGUFInfo. `vram`/`ram` (bytes) replace detection; `devices` (a
-    devices.Devices) replaces probing. Raises InsufficientResources (exit 8) when even the
-    smallest plan does not fit in VRAM + RAM; the refused plan is on the exception as `.plan`."""
-    kv_type = kv_type.lower()
-    if kv_type not in KV_TYPES:
-        raise UsageError(f"unknown KV cache type {kv_type!r}", hint=f"use one of: {', '.join(KV_TYPES)}")
-    if KV_TYPES[kv_type][0] > 1 and not flash_attn:
-        raise UsageError(f"a quantized KV cache ({kv_type}) needs flash attention",
-                         hint="add --flash-attn, or use --kv-type f16")
-    if ctx is not None and ctx < 1:
-        raise UsageError("the context size must be at least 1")
+def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
+         ram: int | None = None, devices: Any = None, margin: int | None = None) -> Plan:
+    """The plan for a GGUFInfo loaded as `spec` (validated: see llamactl.load). `vram`/`ram`
+    (bytes) replace detection; `devices` (a devices.Devices) replaces probing. Raises
+    InsufficientResources (exit 8) when even the smallest plan does not fit in VRAM + RAM;
+    the refused plan is on the exception as `.plan`."""
+    spec = spec or LoadSpec()
+    ctx, kv_type, flash_attn = spec.ctx, spec.kv_type, spec.flash_attn
+    n_batch, n_ubatch, cpu_moe = spec.n_batch, spec.n_ubatch, spec.cpu_moe
+    gpu_layers = spec.planned_gpu_layers
     if gpu_layers is not None and gpu_layers < 0:
-        gpu_layers = 1 << 30  # llama.cpp: negative means every layer
-    if cpu_moe is not None and cpu_moe < 0:
-        raise UsageError("--cpu-moe must be 0 or more")
-    n_ubatch = max(1, min(n_ubatch, n_batch))
+        gpu_layers = 1 << 30  # -1: every layer
     shape = model_shape(info)
     if shape.n_layer <= 0:
         raise UsageError(f"{shape.path}: no block_count in its header; cannot plan a model of "
@@ -503,27 +483,21 @@ def plan(info: Any, *, ctx: int | None = None, vram: int | None = None, ram: int
     if not fits and not (manual and fits_cpu(u)):
         need_gpu = result.gpu.get("total", 0)
         need_cpu = result.cpu.get("total", 0)
-        exc = InsufficientResources(
+        raise DoesNotFit(
             f"{Path(shape.path).name} does not fit: even the smallest plan (ctx {n_ctx}, "
             f"{result.n_gpu_layers} layers on GPU) needs {human_bytes(need_gpu)} of GPU memory and "
             f"{human_bytes(need_cpu)} of RAM; this machine has {human_bytes(budget)} GPU "
             f"(after a {human_bytes(margin)} margin) and {human_bytes(ram)} RAM ({ram_source})",
+            plan=result,
             hint="use a smaller quantization of the model or a machine with more memory; "
                  "`llamactl plan MODEL --vram SIZE --ram SIZE` plans for another machine",
         )
-        exc.plan = result  # type: ignore[attr-defined]
-        raise exc
     return result
 
 
-def plan_for_model(gguf_path: Path | str, *, ctx: int | None = None, vram: int | None = None,
-                   ram: int | None = None, kv_type: str = "f16", flash_attn: bool = False,
-                   n_batch: int = 512, n_ubatch: int = 512, gpu_layers: int | None = None,
-                   cpu_moe: int | None = None, devices: Any = None) -> Plan:
+def plan_for_model(gguf_path: Path | str, spec: LoadSpec | None = None, *, vram: int | None = None,
+                   ram: int | None = None, devices: Any = None) -> Plan:
     """Read the GGUF header at `gguf_path` (first part of a split model) and plan."""
     from llamactl.gguf_info import read_gguf
 
-    info = read_gguf(gguf_path)
-    return plan(info, ctx=ctx, vram=vram, ram=ram, kv_type=kv_type, flash_attn=flash_attn,
-                n_batch=n_batch, n_ubatch=n_ubatch, gpu_layers=gpu_layers, cpu_moe=cpu_moe,
-                devices=devices)
+    return plan(read_gguf(gguf_path), spec, vram=vram, ram=ram, devices=devices)

@@ -20,10 +20,9 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
+from llamactl.engine import bindings
 from llamactl.errors import LlamactlError
 
-WRITTEN_FOR = "0.3.36"
-SUPPORTED = ((0, 3, 36), (0, 4, 0))  # [min, max)
 # the first fields of llama_model_params, in order, as llama.h (vendored in 0.3.36) has them
 EXPECTED_HEAD = ("devices", "tensor_buft_overrides", "n_gpu_layers", "split_mode")
 
@@ -38,27 +37,16 @@ class OverrideError(LlamactlError):
     """The bindings are not what this module was written for."""
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def check_bindings() -> None:
     """Raise OverrideError unless llama-cpp-python's llama_model_params is laid out as
     expected (version range, field order, pointer fields at the expected offsets)."""
     import llama_cpp
 
     version = getattr(llama_cpp, "__version__", "unknown")
-    v = _version_tuple(version)
-    if not (SUPPORTED[0] <= v < SUPPORTED[1]):
-        raise OverrideError(
-            f"MoE expert offload was written for llama-cpp-python {WRITTEN_FOR} (>=0.3.36,<0.4); "
-            f"this is {version}",
-            hint='install a supported version: pip install "llama-cpp-python>=0.3.36,<0.4"',
-        )
+    try:
+        bindings.check_version("MoE expert offload")
+    except bindings.BindingsError as exc:
+        raise OverrideError(exc.message, hint=exc.hint) from None
     params = llama_cpp.llama_model_params
     names = tuple(f[0] for f in params._fields_[: len(EXPECTED_HEAD)])
     if names != EXPECTED_HEAD:
@@ -121,7 +109,7 @@ def _override_class() -> Any:
         return _CLASS
     import llama_cpp
 
-    class OverrideLlama(llama_cpp.Llama):  # type: ignore[misc,valid-type]
+    class OverrideLlama(bindings.llama_class()):  # type: ignore[misc,valid-type]
         def __init__(self, model_path: str, *, cpu_tensor_patterns: list[str], **kwargs: Any):
             array, keep = build_override_array(cpu_tensor_patterns)
             self._llamactl_buft_overrides = array
@@ -153,13 +141,11 @@ def _override_class() -> Any:
 
 
 def load_llama(model_path: Path | str, cpu_tensor_patterns: list[str], **llama_kwargs: Any) -> Any:
-    """Construct llama_cpp.Llama with the tensors matching `cpu_tensor_patterns` placed in
-    CPU memory (llama.cpp regex search on tensor names). With no patterns this is plain
-    llama_cpp.Llama(model_path, **llama_kwargs)."""
-    import llama_cpp
-
+    """Construct the engine's llama_cpp.Llama (llamactl.engine.bindings.llama_class) with the
+    tensors matching `cpu_tensor_patterns` placed in CPU memory (llama.cpp regex search on
+    tensor names). With no patterns, no override is set."""
     if not cpu_tensor_patterns:
-        return llama_cpp.Llama(model_path=str(model_path), **llama_kwargs)
+        return bindings.llama_class()(str(model_path), **llama_kwargs)
     check_bindings()
     cls = _override_class()
     return cls(str(model_path), cpu_tensor_patterns=list(cpu_tensor_patterns), **llama_kwargs)

@@ -210,8 +210,9 @@ def test_machine_details_name_cpu_build_and_version():
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_gguf):
     from llamactl.engine import Engine, EngineOptions
+    from llamactl.load import LoadSpec
 
-    engine = Engine.load(tiny_gguf, EngineOptions(n_ctx=256, gpu_layers=0, threads=1))
+    engine = Engine.load(tiny_gguf, EngineOptions(load=LoadSpec(ctx=256, gpu_layers=0, threads=1)))
     yield engine
     engine.close()
 

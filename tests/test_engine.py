@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from llamactl.engine import ChatTemplate, Engine, EngineOptions, Piece, Sampling, Stats
+from llamactl.engine import ChatTemplate, Engine, EngineOptions, Piece, Sampling, Stats, bindings
+from llamactl.load import LoadSpec
 from llamactl.errors import LlamactlError
 
 pytestmark = pytest.mark.slow
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(tiny_gguf):
-    eng = Engine.load(tiny_gguf, EngineOptions(n_ctx=512, threads=1))
+    eng = Engine.load(tiny_gguf, EngineOptions(load=LoadSpec(ctx=512, threads=1)))
     yield eng
     eng.close()
 
@@ -120,7 +121,7 @@ def test_generation_stops_at_end_of_turn(engine, monkeypatch):
             calls["n"] += 1
             return eot if calls["n"] == 4 else engine.tokenize(" hi")[0]
 
-    monkeypatch.setattr(engine, "_make_sampler", lambda sampling: ScriptedSampler())
+    monkeypatch.setattr(bindings, "sampler_chain", lambda *args, **kw: ScriptedSampler())
     pieces, stats = _run(engine.stream_tokens(engine.tokenize("<|begin_of_text|>x"), Sampling()))
     assert stats.finish_reason == "stop" and stats.completion_tokens == 3 == len(pieces)
     assert "eot" not in "".join(p.text for p in pieces)
@@ -152,13 +153,13 @@ def test_template_date_is_frozen_so_history_renders_identically():
 
 
 def test_chat_format_override(tiny_gguf):
-    eng = Engine.load(tiny_gguf, EngineOptions(n_ctx=256, chat_format="chatml"))
+    eng = Engine.load(tiny_gguf, EngineOptions(load=LoadSpec(ctx=256), chat_format="chatml"))
     try:
         assert eng.render([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     finally:
         eng.close()
     with pytest.raises(LlamactlError):
-        Engine.load(tiny_gguf, EngineOptions(n_ctx=256, chat_format="no-such-format"))
+        Engine.load(tiny_gguf, EngineOptions(load=LoadSpec(ctx=256), chat_format="no-such-format"))
 
 
 def test_llama4_gets_the_full_size_cache(tmp_path):
@@ -168,7 +169,7 @@ def test_llama4_gets_the_full_size_cache(tmp_path):
 
     path = write_tiny_gguf(tmp_path / "tiny-llama4.gguf", arch="llama4", n_layer=4, n_embd=128,
                            n_head=2, n_head_kv=1, n_ff=256, n_ff_exp=128, n_expert=4)
-    eng = Engine.load(path, EngineOptions(n_ctx=256))
+    eng = Engine.load(path, EngineOptions(load=LoadSpec(ctx=256)))
     try:
         assert eng.architecture == "llama4"
         assert eng.llama.context_params.swa_full is True
@@ -196,7 +197,7 @@ def test_answers_are_reused_as_generated(engine, monkeypatch):
             calls["n"] += 1
             return script[calls["n"] - 1]
 
-    monkeypatch.setattr(engine, "_make_sampler", lambda sampling: ScriptedSampler())
+    monkeypatch.setattr(bindings, "sampler_chain", lambda *args, **kw: ScriptedSampler())
     messages = [{"role": "user", "content": "say hi"}]
     pieces, s1 = _run(engine.stream_chat(messages, Sampling()))
     assert s1.finish_reason == "stop" and s1.completion_tokens == len(script) - 1
@@ -217,7 +218,7 @@ def test_llama4_end_of_turn_token_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tiny, "SPECIALS", tiny.SPECIALS + ["<|header_start|>", "<|header_end|>", "<|eot|>"])
     path = tiny.write_tiny_gguf(tmp_path / "eot.gguf", n_layer=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
-    eng = Engine.load(path, EngineOptions(n_ctx=256, chat_format="llama4"))
+    eng = Engine.load(path, EngineOptions(load=LoadSpec(ctx=256), chat_format="llama4"))
     try:
         eot = eng.tokenize("<|eot|>")
         assert len(eot) == 1 and eng.is_stop(eot[0])
@@ -226,3 +227,53 @@ def test_llama4_end_of_turn_token_stops(tmp_path, monkeypatch):
             "<|header_start|>user<|header_end|>\n\nhi<|eot|><|header_start|>assistant<|header_end|>\n\n")
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("source,what", [
+    ("{% for m in messages %}{{ m['content'] }", "is not valid Jinja (line 1)"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}\n{% for i in range(10**7) %}x{% endfor %}",
+     "does something the template sandbox refuses (line 2)"),
+    ("{{ messages[0]['content'].__class__.__mro__ }}", "does something the template sandbox refuses"),
+])
+def test_a_broken_model_template_names_the_model_file(tmp_path, source, what):
+    """The model's own template is at fault, and the error says so and which file: not an
+    'unexpected error, report it'."""
+    from llamactl.engine import ChatTemplateError
+    from tests.synthetic.tiny import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "bad-template.gguf", n_layer=1, n_embd=64, n_head=2, n_head_kv=1,
+                           n_ff=128, chat_template=source)
+    try:
+        eng = Engine.load(path, EngineOptions(load=LoadSpec(ctx=256)))
+    except ChatTemplateError as exc:
+        err = exc
+    else:
+        try:
+            with pytest.raises(ChatTemplateError) as info:
+                eng.render([{"role": "user", "content": "hi"}])
+            err = info.value
+        finally:
+            eng.close()
+    assert f"the chat template in {path} {what}" in err.message
+    assert "--chat-format" in err.hint and err.exit_code == 1
+
+
+def test_a_broken_template_file_is_named_through_the_cli(cli, tiny_gguf, tmp_path):
+    bad = tmp_path / "mine.jinja"
+    bad.write_text("{% if %}", encoding="utf-8")
+    proc = cli("chat", str(tiny_gguf), "hello", "--chat-format", str(bad), "-n", "1")
+    assert proc.returncode == 1
+    assert f"the chat template {bad} is not valid Jinja" in proc.err
+    assert "unexpected" not in proc.err and "Traceback" not in proc.err and proc.out == ""
+
+
+def test_unsupported_bindings_are_refused_at_load(monkeypatch, tiny_gguf):
+    """The engine uses llama-cpp-python internals written for 0.3.36: another version is one
+    clear error at load, not a failure mid-generation."""
+    import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "__version__", "0.4.2")
+    monkeypatch.setitem(bindings._CHECKED, "ok", False)
+    with pytest.raises(bindings.BindingsError, match="0.4.2") as info:
+        Engine.load(tiny_gguf, EngineOptions(load=LoadSpec(ctx=256)))
+    assert "llama-cpp-python>=0.3.36,<0.4" in info.value.hint

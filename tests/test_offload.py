@@ -10,15 +10,15 @@ import pytest
 
 from llamactl.errors import InsufficientResources, UsageError
 from llamactl.gguf_info import read_gguf
-from llamactl.offload import (GIB, KV_TYPES, MIB, kv_cache_bytes, model_shape, parse_size,
-                              plan_for_model)
+from llamactl.load import KV_TYPES, load_spec
+from llamactl.offload import GIB, kv_cache_bytes, model_shape, plan_for_model
 
 RAM = 256 * GIB
 MODELS = ["llama3.2-1b", "llama3.2-3b", "llama3.3-70b", "llama4-scout", "llama4-maverick"]
 
 
 def _plan(synthetic_gguf, key, vram, ram=RAM, **kw):
-    return plan_for_model(synthetic_gguf(key, tokenizer=False), vram=vram, ram=ram, **kw)
+    return plan_for_model(synthetic_gguf(key, tokenizer=False), load_spec(**kw), vram=vram, ram=ram)
 
 
 @pytest.mark.parametrize("key", MODELS)
@@ -132,20 +132,6 @@ def test_kv_cache_types(synthetic_gguf):
     f = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, ctx=8192)
     assert q8.n_gpu_layers >= f.n_gpu_layers
     assert set(KV_TYPES) >= {"f16", "q8_0", "q4_0"}
-
-
-@pytest.mark.parametrize("text,value", [
-    ("80GiB", 80 * GIB), ("24GB", 24 * 10**9), ("24G", 24 * GIB), ("512MiB", 512 * MIB),
-    ("1.5GiB", int(1.5 * GIB)), ("0", 0), ("1000", 1000),
-])
-def test_parse_size(text, value):
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["lots", "", "-1GiB", "12XB"])
-def test_parse_size_rejects(text):
-    with pytest.raises(UsageError):
-        parse_size(text)
 
 
 def test_manual_layers_are_kept_without_a_gpu(synthetic_gguf):

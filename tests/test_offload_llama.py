@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from llamactl.load import LoadSpec
 from llamactl.offload import GIB, MIB, padded_ctx, plan_for_model
 from tests.conftest import REPO
 from tests.synthetic.llama_probe import run_probe as probe
@@ -39,7 +40,7 @@ def tiny_models(tmp_path_factory):
 ])
 def test_kv_cache_matches_llama_cpp(tiny_models, which, ctx, kv, fa):
     model = tiny_models[which]
-    plan = plan_for_model(model, ctx=ctx, vram=0, ram=64 * GIB, kv_type=kv, flash_attn=fa)
+    plan = plan_for_model(model, LoadSpec(ctx=ctx, kv_type=kv, flash_attn=fa), vram=0, ram=64 * GIB)
     args = ["--ctx", str(ctx), "--kv-type", kv] + (["--flash-attn"] if fa else [])
     got = probe(model, *args)
     assert got["kv_caches"], "llama.cpp reported no KV cache"
@@ -96,5 +97,5 @@ def test_layer_placement_matches_llama_cpp(tiny_models, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         repacked = json.loads(proc.stdout.strip().splitlines()[-1])
         cpu_layers = {int(name.split(".")[1]) for name in repacked if name.startswith("blk.")}
-        plan = plan_for_model(q4, ctx=256, vram=1 * GIB, ram=8 * GIB, gpu_layers=ngl)
+        plan = plan_for_model(q4, LoadSpec(ctx=256, gpu_layers=ngl), vram=1 * GIB, ram=8 * GIB)
         assert cpu_layers == set(range(plan.n_layers)) - set(plan.layers_on_gpu), ngl

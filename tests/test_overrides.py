@@ -11,6 +11,7 @@ import pytest
 
 from llamactl import overrides
 from llamactl.gguf_info import read_gguf
+from llamactl.load import LoadSpec
 from llamactl.offload import GIB, plan_for_model
 from tests.synthetic.llama_probe import run_probe as probe
 from tests.synthetic.tiny import write_tiny_gguf
@@ -40,7 +41,7 @@ def test_named_tensors_are_overridden_to_cpu(tiny_moe):
 
 @pytest.mark.slow
 def test_plan_patterns_reach_llama_cpp(tiny_moe):
-    plan = plan_for_model(tiny_moe, ctx=256, vram=1 * GIB, ram=8 * GIB, cpu_moe=3)
+    plan = plan_for_model(tiny_moe, LoadSpec(ctx=256, cpu_moe=3), vram=1 * GIB, ram=8 * GIB)
     assert plan.expert_layers_on_cpu == [0, 1, 2]
     args = [a for p in plan.cpu_tensor_patterns for a in ("--pattern", p)]
     got = probe(tiny_moe, *args)
@@ -48,9 +49,9 @@ def test_plan_patterns_reach_llama_cpp(tiny_moe):
 
 
 @pytest.mark.slow
-def test_no_patterns_is_plain_llama(tiny_moe):
+def test_no_patterns_sets_no_override(tiny_moe):
     got = probe(tiny_moe, "--tokens", "2")
-    assert got["class"] == "Llama" and got["overridden"] == {}
+    assert got["class"] == "EngineLlama" and got["overridden"] == {}
 
 
 def test_override_array_is_null_terminated():

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llamactl.errors import LlamactlError, UsageError
+from llamactl.load import KV_TYPES_TEXT
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
 
@@ -156,10 +157,7 @@ def _emit(rows: list[dict], fmt: str, *, machine: dict | None, history: bool = F
 
 
 def _resolver(accept_license: bool, quiet: bool):
-    try:
-        from llamactl.cli.pull import ensure_model_file
-    except ImportError:  # model references are not built yet: paths only
-        return None
+    from llamactl.cli.pull import ensure_model_file
 
     return lambda ref: ensure_model_file(ref, accept_license=accept_license, quiet=quiet)
 
@@ -192,8 +190,8 @@ def register(app: typer.Typer) -> None:
         no_warmup: Annotated[bool, typer.Option(
             "--no-warmup", help="Skip the uncounted warm-up run.")] = False,
         gpu_layers: Annotated[str, typer.Option(
-            "--gpu-layers", "-ngl", help="Layers on the GPU: numbers or 'auto' (the memory "
-            "plan), comma-separated.")] = "auto",
+            "--gpu-layers", "-ngl", help="Layers on the GPU: numbers (-1: all) or 'auto' (the "
+            "memory plan), comma-separated.")] = "auto",
         threads: Annotated[Optional[str], typer.Option(
             "--threads", "-t", help="CPU threads, comma-separated (default: llama.cpp's "
             "choice).", show_default=False)] = None,
@@ -205,7 +203,7 @@ def register(app: typer.Typer) -> None:
             "--ctx", "-c", help="Context sizes, comma-separated (default: sized to the "
             "largest test).", show_default=False)] = None,
         kv_type: Annotated[str, typer.Option(
-            "--kv-type", help="KV cache types (f16, q8_0, q4_0 ...), comma-separated; "
+            "--kv-type", help=f"KV cache types ({KV_TYPES_TEXT}), comma-separated; "
             "quantized types need --flash-attn 1.")] = "f16",
         flash_attn: Annotated[str, typer.Option(
             "--flash-attn", "-fa", help="Flash attention 0/1, comma-separated.")] = "0",
@@ -279,20 +277,23 @@ def register(app: typer.Typer) -> None:
             kv_type=core.parse_kv_types(kv_type),
             flash_attn=core.parse_bool_list("--flash-attn", flash_attn),
         )
+        sweep.check()
         core.check_depths(tests, sweep)
 
         progress = None if quiet else output.note
         resolve = _resolver(accept_license, quiet)
         machine = core.machine_info()
+        results: list[core.BenchRow] = []
         rows: list[dict] = []
-        first_error: dict | None = None
+        first_error: core.BenchRow | None = None
         warned: set[tuple[str, str]] = set()
         for row in core.run_bench(models, tests, sweep, reps=repetitions, warmup=not no_warmup,
                                   seed=seed, resolve=resolve, progress=progress, verbose=verbose):
             d = row.to_dict()
+            results.append(row)
             rows.append(d)
             if row.error:
-                first_error = first_error or d
+                first_error = first_error or row
                 if not quiet and (row.model, row.error) not in warned:
                     warned.add((row.model, row.error))
                     output.warn(f"{row.model}: {row.error}")
@@ -301,17 +302,15 @@ def register(app: typer.Typer) -> None:
 
         _emit(rows, fmt, machine=machine, show_ctx=ctx is not None)
 
-        ok_rows = [r for r in rows if not r.get("error")]
+        ok_rows = [r for r in results if not r.error]
         if save and ok_rows:
-            saved = core.save_history([core.BenchRow(**{k: v for k, v in r.items()
-                                                        if k in core.BenchRow.__dataclass_fields__})
-                                       for r in ok_rows], machine)
+            saved = core.save_history(ok_rows, machine)
             if not quiet:
                 output.note(f"saved {len(ok_rows)} result(s) to {saved}")
         if first_error is not None:
-            failed = sum(1 for r in rows if r.get("error"))
-            err = LlamactlError(f"{failed} of {len(rows)} benchmark rows failed; first: "
-                                f"{_model_name(first_error['model'])}: {first_error['error']}",
-                                hint=first_error.get("error_hint"))
-            err.exit_code = first_error.get("exit_code") or 1
+            failed = sum(1 for r in results if r.error)
+            err = LlamactlError(f"{failed} of {len(results)} benchmark rows failed; first: "
+                                f"{_model_name(first_error.model)}: {first_error.error}",
+                                hint=first_error.error_hint)
+            err.exit_code = first_error.exit_code or 1
             raise err

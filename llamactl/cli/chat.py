@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from llamactl.cli.options import (AcceptLicenseOpt, CtxOpt, DryRunOpt, GpuLayersOpt, JsonOpt, ModelArg,
-                                  ThreadsOpt, VerboseOpt)
+from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, DryRunOpt, FlashAttnOpt,
+                                  GpuLayersOpt, JsonOpt, KvTypeOpt, ModelArg, ThreadsOpt, UbatchOpt,
+                                  VerboseOpt)
 
 PromptArg = Annotated[
     Optional[list[str]],
@@ -17,33 +18,11 @@ PromptArg = Annotated[
 ]
 
 
-def parse_gpu_layers(value: str) -> int | str:
-    """'auto' (the memory plan decides) or a number of layers (-1: all), as `plan` takes it."""
-    from llamactl.cli.plan import parse_gpu_layers as parse
-
-    n = parse(value)
-    return "auto" if n is None else n
-
-
 def resolve_model(ref: str, *, accept_license: bool, quiet: bool) -> Path:
     """A model reference to the path of its GGUF (pulling it first when needed)."""
-    from llamactl.errors import NotFound
+    from llamactl.cli.pull import ensure_model_file
 
-    try:
-        from llamactl.cli import pull
-
-        ensure = getattr(pull, "ensure_model_file", None)
-    except ImportError:  # pragma: no cover
-        ensure = None
-    if ensure is not None:
-        return Path(ensure(ref, accept_license=accept_license, quiet=quiet))
-    path = Path(ref).expanduser()
-    if path.suffix == ".gguf" or path.exists():
-        if not path.is_file():
-            raise NotFound(f"model file not found: {path}")
-        return path
-    raise NotFound(f"model {ref!r} is not a .gguf file, and model references need `llamactl pull`",
-                   hint="give the path of a .gguf file")
+    return Path(ensure_model_file(ref, accept_license=accept_license, quiet=quiet))
 
 
 def _stdout_to_devnull() -> None:
@@ -80,9 +59,12 @@ def register(app) -> None:
         ctx: CtxOpt = None,
         threads: ThreadsOpt = None,
         gpu_layers: GpuLayersOpt = "auto",
-        cpu_moe: Annotated[Optional[int], typer.Option("--cpu-moe", help="Keep the MoE experts of the first N layers in CPU memory.", min=0)] = None,
+        cpu_moe: CpuMoeOpt = None,
+        kv_type: KvTypeOpt = "f16",
+        batch_size: BatchOpt = 512,
+        ubatch_size: UbatchOpt = 512,
         chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Chat template instead of the GGUF's: llama3, llama4, llama2, chatml, plain, or a .jinja file.")] = None,
-        flash_attn: Annotated[bool, typer.Option("--flash-attn", help="Use flash attention.")] = False,
+        flash_attn: FlashAttnOpt = False,
         verbose: VerboseOpt = False,
         accept_license: AcceptLicenseOpt = False,
         dry_run: DryRunOpt = False,
@@ -95,7 +77,11 @@ def register(app) -> None:
         # 1. flags, before anything slow
         if system is not None and system_file is not None:
             raise UsageError("give --system or --system-file, not both")
-        n_gpu = parse_gpu_layers(gpu_layers)
+        from llamactl.load import load_spec
+
+        spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
+                         flash_attn=flash_attn, n_batch=batch_size, n_ubatch=ubatch_size,
+                         threads=threads)
         interactive = not prompt and output.stdin_is_tty()
         if json_out and interactive and not dry_run:
             raise UsageError("--json is for one-shot answers",
@@ -120,28 +106,21 @@ def register(app) -> None:
 
             message = read_input(prompt, None if output.stdin_is_tty() else sys.stdin)
 
-        options = EngineOptions(n_ctx=ctx, gpu_layers=n_gpu, cpu_moe=cpu_moe, threads=threads,
-                                flash_attn=flash_attn, seed=seed, verbose=verbose,
-                                chat_format=chat_format)
+        options = EngineOptions(load=spec, seed=seed, verbose=verbose, chat_format=chat_format)
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
 
         # 2. the model
         path = resolve_model(model, accept_license=accept_license, quiet=False)
         if dry_run:
-            from llamactl.engine import make_plan
+            from llamactl import offload
+            from llamactl.cli.plan import render
 
-            plan = make_plan(path, options)
+            plan = offload.plan_for_model(path, spec)
             if json_out:
                 output.json_doc({"model": model, "path": str(path), **plan.to_dict()})
                 return
-            try:
-                from llamactl.cli.plan import render
-
-                lines = render(plan, model)
-            except (ImportError, AttributeError):
-                lines = [f"{key}: {value}" for key, value in plan.to_dict().items()]
-            for line in lines:
+            for line in render(plan, model):
                 output.data(line)
             return
 
@@ -149,7 +128,7 @@ def register(app) -> None:
 
         engine = Engine.load(path, options)
         if verbose:
-            for warning in getattr(engine.plan, "warnings", []) or []:
+            for warning in engine.plan.warnings:
                 output.warn(warning)
         try:
             if interactive:

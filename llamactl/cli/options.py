@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llamactl.load import KV_TYPES_TEXT, SIZE_HELP
+
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -28,19 +30,31 @@ AcceptLicenseOpt = Annotated[
         help="Accept the model's Llama license (recorded, as with `llamactl license accept`).",
     ),
 ]
-ThreadsOpt = Annotated[
-    Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: llama.cpp's choice).", min=1)
-]
-GpuLayersOpt = Annotated[
-    str,
-    typer.Option(
-        "--gpu-layers",
-        "-ngl",
-        help="Layers to offload to the GPU: a number, or 'auto' (the memory plan).",
-    ),
-]
-CtxOpt = Annotated[
-    Optional[int],
-    typer.Option("--ctx", "-c", help="Context size in tokens (default: the model's, capped by the plan).", min=1),
-]
+# --- the load specification (llamactl.load): chat, bench, plan and serve declare these ---
+# Help texts come from llamactl.load's tables, so every verb lists the same choices.
+
+GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, -1 for all, or 'auto' (the memory plan)."
+KV_TYPE_HELP = (f"KV cache type: {KV_TYPES_TEXT}. Quantized types (q8_0, q4_0 ...) need --flash-attn.")
+CTX_HELP = "Context size in tokens (default: the model's, capped by the plan)."
+CPU_MOE_HELP = "Keep the MoE experts of the first N layers in CPU memory."
+FLASH_ATTN_HELP = "Use flash attention (needed by a quantized --kv-type)."
+THREADS_HELP = "CPU threads (default: llama.cpp's choice)."
+BATCH_HELP = "Logical batch size (tokens evaluated per call)."
+UBATCH_HELP = "Physical (micro) batch size; at most --batch-size."
+
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help=THREADS_HELP, min=1)]
+GpuLayersOpt = Annotated[str, typer.Option("--gpu-layers", "-ngl", help=GPU_LAYERS_HELP)]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", "-c", help=CTX_HELP, min=1)]
+CpuMoeOpt = Annotated[Optional[int], typer.Option("--cpu-moe", help=CPU_MOE_HELP, min=0)]
+KvTypeOpt = Annotated[str, typer.Option("--kv-type", help=KV_TYPE_HELP)]
+FlashAttnOpt = Annotated[bool, typer.Option("--flash-attn", "-fa", help=FLASH_ATTN_HELP)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help=BATCH_HELP, min=1)]
+UbatchOpt = Annotated[int, typer.Option("--ubatch-size", "-ub", help=UBATCH_HELP, min=1)]
+
+# sizes: one convention (llamactl.load.parse_size)
+VramOpt = Annotated[Optional[str], typer.Option(
+    "--vram", help=f"GPU memory to plan for, replacing detection (80GiB, 24GB, 0 for none; {SIZE_HELP}).")]
+RamOpt = Annotated[Optional[str], typer.Option(
+    "--ram", help=f"System RAM to plan for, replacing detection (256GiB, 64GB; {SIZE_HELP}).")]
+
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log on stderr.")]

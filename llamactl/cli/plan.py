@@ -6,34 +6,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llamactl.cli.options import AcceptLicenseOpt, CtxOpt, GpuLayersOpt, JsonOpt, ModelArg
-
-VramOpt = Annotated[Optional[str], typer.Option(
-    "--vram", help="GPU memory to plan for, replacing detection (80GiB, 24GB, 0 for none).")]
-RamOpt = Annotated[Optional[str], typer.Option(
-    "--ram", help="System RAM to plan for, replacing detection (256GiB, 64GB).")]
-KvTypeOpt = Annotated[str, typer.Option(
-    "--kv-type", help="KV cache type: f16, q8_0 or q4_0 (quantized types need --flash-attn).")]
-FlashOpt = Annotated[bool, typer.Option("--flash-attn", help="Plan for flash attention.")]
-CpuMoeOpt = Annotated[Optional[int], typer.Option(
-    "--cpu-moe", help="Keep the MoE experts of the first N layers in CPU memory.", min=0)]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Logical batch size.", min=1)]
-UbatchOpt = Annotated[int, typer.Option("--ubatch-size", "-ub", help="Physical (micro) batch size.", min=1)]
-
-
-def parse_gpu_layers(value: str | None) -> int | None:
-    """'auto' -> None (the plan decides); a number (-1: all)."""
-    from llamactl.errors import UsageError
-
-    if value is None or str(value).strip().lower() == "auto":
-        return None
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise UsageError(f"--gpu-layers takes a number or 'auto', not {value!r}") from None
-    if n < -1:
-        raise UsageError("--gpu-layers must be -1 (all), 0 or more, or 'auto'")
-    return n
+from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt,
+                                  JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
 
 
 def _row(label: str, gpu: int | str, cpu: int | str) -> str:
@@ -108,7 +82,7 @@ def register(app: Any) -> None:
         vram: VramOpt = None,
         ram: RamOpt = None,
         kv_type: KvTypeOpt = "f16",
-        flash_attn: FlashOpt = False,
+        flash_attn: FlashAttnOpt = False,
         gpu_layers: GpuLayersOpt = "auto",
         cpu_moe: CpuMoeOpt = None,
         batch_size: BatchOpt = 512,
@@ -118,34 +92,25 @@ def register(app: Any) -> None:
     ) -> None:
         from llamactl import offload
         from llamactl.cli import output
-        from llamactl.errors import InsufficientResources, UsageError
+        from llamactl.load import load_spec, parse_size
 
         # flags first, before any slow work
-        vram_bytes = offload.parse_size(vram) if vram is not None else None
-        ram_bytes = offload.parse_size(ram) if ram is not None else None
-        ngl = parse_gpu_layers(gpu_layers)
-        kv = kv_type.lower()
-        if kv not in offload.KV_TYPES:
-            raise UsageError(f"unknown --kv-type {kv_type!r}", hint="use f16, q8_0 or q4_0")
-        if offload.KV_TYPES[kv][0] > 1 and not flash_attn:
-            raise UsageError(f"--kv-type {kv} needs --flash-attn (llama.cpp cannot use a "
-                             "quantized V cache without it)")
+        vram_bytes = parse_size(vram, "--vram") if vram is not None else None
+        ram_bytes = parse_size(ram, "--ram") if ram is not None else None
+        spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
+                         flash_attn=flash_attn, n_batch=batch_size, n_ubatch=ubatch_size)
 
         from llamactl.cli.pull import ensure_model_file
 
         path = ensure_model_file(model, accept_license=accept_license, quiet=as_json)
         try:
-            result = offload.plan_for_model(
-                path, ctx=ctx, vram=vram_bytes, ram=ram_bytes, kv_type=kv, flash_attn=flash_attn,
-                n_batch=batch_size, n_ubatch=ubatch_size, gpu_layers=ngl, cpu_moe=cpu_moe)
-        except InsufficientResources as exc:
-            refused = getattr(exc, "plan", None)
-            if refused is not None:
-                if as_json:
-                    output.json_doc(refused.to_dict())
-                else:
-                    for line in render(refused, model):
-                        output.data(line)
+            result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes)
+        except offload.DoesNotFit as exc:
+            if as_json:
+                output.json_doc(exc.plan.to_dict())
+            else:
+                for line in render(exc.plan, model):
+                    output.data(line)
             raise
         if as_json:
             output.json_doc(result.to_dict())

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import llama_cpp
 
-    from llamactl.offload import KV_GGML_TYPE
+    from llamactl.load import KV_TYPES
     from llamactl.overrides import load_llama
 
     lines: list[str] = []
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs: dict[str, Any] = dict(n_ctx=args.ctx, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
                                   verbose=True, seed=1)
     if args.kv_type != "f16":
-        kwargs["type_k"] = kwargs["type_v"] = KV_GGML_TYPE[args.kv_type]
+        kwargs["type_k"] = kwargs["type_v"] = KV_TYPES[args.kv_type].ggml_type
     llm = load_llama(args.model, args.pattern, **kwargs)
     llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))  # in case loading replaced it
     out = llm("the", max_tokens=args.tokens, temperature=0.0)

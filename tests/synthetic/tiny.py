@@ -40,7 +40,7 @@ def _byte_chars() -> list[str]:
 def write_tiny_gguf(path: Path, *, arch: str = "llama", n_layer: int = 4, n_embd: int = 256,
                     n_head: int = 4, n_head_kv: int = 2, n_ff: int = 512, n_expert: int = 0,
                     n_expert_used: int = 2, n_ff_exp: int = 256, moe_step: int = 1,
-                    n_ctx_train: int = 4096, seed: int = 0) -> Path:
+                    n_ctx_train: int = 4096, seed: int = 0, chat_template: str | None = None) -> Path:
     import gguf
     import numpy as np
 
@@ -81,7 +81,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_layer: int = 4, n_embd
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eot)
     w.add_add_bos_token(True)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(CHAT_TEMPLATE if chat_template is None else chat_template)
 
     def t(name: str, *shape: int) -> None:
         # numpy order is the reverse of GGUF's (ne0 last)

@@ -1,0 +1,167 @@
+"""The one adapter for what the engine needs from llama-cpp-python below its public
+`Llama` API: removing a suffix of the KV cache (`Llama._ctx.kv_cache_seq_rm`), setting the
+count of evaluated tokens to match (`Llama.n_tokens`), the sampler chain
+(`llama_cpp._internals.LlamaSampler`, sampling from `Llama._ctx`), and llama.cpp's log
+callback (public, but process-wide).
+
+These internals were written against llama-cpp-python 0.3.36 and are not promised to stay;
+`check()` refuses any version outside [0.3.36, 0.4) with one message (as `llamactl.overrides`
+does for its ctypes layout), and checks that the attributes are where this module expects
+them, so a changed binding fails at load with a message rather than mid-generation."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+from llamactl.errors import LlamactlError
+
+if TYPE_CHECKING:
+    from llamactl.engine.types import Sampling
+
+WRITTEN_FOR = "0.3.36"
+SUPPORTED = ((0, 3, 36), (0, 4, 0))  # [min, max)
+REINSTALL = 'pip install "llama-cpp-python>=0.3.36,<0.4"'
+
+
+class BindingsError(LlamactlError):
+    """llama-cpp-python is not the version (or shape) this adapter was written for."""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_version(feature: str) -> None:
+    """Raise BindingsError unless llama-cpp-python is in SUPPORTED; `feature` names what
+    needs it ("the engine", "MoE expert offload")."""
+    import llama_cpp
+
+    version = getattr(llama_cpp, "__version__", "unknown")
+    if not (SUPPORTED[0] <= version_tuple(version) < SUPPORTED[1]):
+        raise BindingsError(
+            f"{feature} was written for llama-cpp-python {WRITTEN_FOR} (>=0.3.36,<0.4); this is {version}",
+            hint=f"install a supported version: {REINSTALL}")
+
+
+_CHECKED = {"ok": False}
+
+
+def check() -> None:
+    """The version range, and the private names the engine uses (once per process)."""
+    if _CHECKED["ok"]:
+        return
+    check_version("llamactl's engine")
+    from llama_cpp import _internals
+
+    missing = [name for owner, name in ((_internals.LlamaContext, "kv_cache_seq_rm"),
+                                        (_internals.LlamaContext, "kv_cache_clear"),
+                                        (_internals, "LlamaSampler"))
+               if not hasattr(owner, name)]
+    if missing:
+        raise BindingsError(f"llama-cpp-python lacks {', '.join(missing)}, which the engine uses",
+                            hint=f"install a supported version: {REINSTALL}")
+    _CHECKED["ok"] = True
+
+
+def truncate_cache(llama: Any, keep: int) -> int:
+    """Keep the first `keep` tokens of `llama`'s KV cache (all of it when it is shorter);
+    clear it when llama.cpp cannot remove the suffix. Returns the tokens kept."""
+    if keep < llama.n_tokens:
+        if keep == 0 or not llama._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llama._ctx.kv_cache_clear()
+            keep = 0
+    llama.n_tokens = min(keep, llama.n_tokens)
+    return int(llama.n_tokens)
+
+
+def sampler_chain(sampling: "Sampling", *, n_vocab: int, seed: int | None) -> Any:
+    """llama.cpp's sampler chain for `sampling`: repetition penalty, then greedy, or top-k,
+    top-p, min-p, temperature and a seeded draw (`seed` None: llama.cpp's random seed)."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    sampler = _internals.LlamaSampler()
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if seed is None else int(seed) & 0xFFFFFFFF
+    if sampling.repeat_penalty and sampling.repeat_penalty != 1.0:
+        sampler.add_penalties(n_vocab=n_vocab, penalty_last_n=64,
+                              penalty_repeat=sampling.repeat_penalty,
+                              penalty_freq=0.0, penalty_present=0.0)
+    if sampling.temperature <= 0:
+        sampler.add_greedy()
+    else:
+        if sampling.top_k and sampling.top_k > 0:
+            sampler.add_top_k(int(sampling.top_k))
+        if sampling.top_p is not None and sampling.top_p < 1.0:
+            sampler.add_top_p(float(sampling.top_p), 1)
+        if sampling.min_p and sampling.min_p > 0:
+            sampler.add_min_p(float(sampling.min_p), 1)
+        sampler.add_temp(float(sampling.temperature))
+        sampler.add_dist(seed)
+    return sampler
+
+
+def sample(sampler: Any, llama: Any) -> int:
+    """The next token from the logits of the last evaluated position."""
+    return int(sampler.sample(llama._ctx, -1))
+
+
+_LLAMA_CLASS: dict[str, Any] = {}
+
+
+def llama_class() -> Any:
+    """`llama_cpp.Llama` without its chat templates: Llama.__init__ compiles a Jinja
+    formatter for every `tokenizer.chat_template*` in the GGUF, which llamactl never uses
+    (llamactl.engine.template renders them), and a template with a syntax error would fail
+    the load itself, whatever --chat-format says. This subclass hides those keys from
+    `metadata` while Llama initialises; `gguf_metadata` keeps every key."""
+    if "cls" in _LLAMA_CLASS:
+        return _LLAMA_CLASS["cls"]
+    import llama_cpp
+
+    class EngineLlama(llama_cpp.Llama):  # type: ignore[misc,valid-type]
+        @property
+        def metadata(self) -> dict[str, str]:
+            return self.__dict__["_llamactl_metadata"]
+
+        @metadata.setter
+        def metadata(self, value: dict[str, str]) -> None:
+            self.__dict__["gguf_metadata"] = dict(value)
+            self.__dict__["_llamactl_metadata"] = {
+                k: v for k, v in value.items() if not k.startswith("tokenizer.chat_template")}
+
+    _LLAMA_CLASS["cls"] = EngineLlama
+    return EngineLlama
+
+
+# --- llama.cpp's log --------------------------------------------------------------------
+
+_LOG: dict[str, Any] = {"verbose": False, "callback": None}
+
+
+def set_llama_log(verbose: bool) -> None:
+    """Route llama.cpp's (and ggml's) log: dropped, or to stderr when `verbose`. Its log
+    never reaches stdout."""
+    import llama_cpp
+
+    _LOG["verbose"] = verbose
+    if _LOG["callback"] is None:
+        @llama_cpp.llama_log_callback
+        def _callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
+            if _LOG["verbose"] and text:
+                try:
+                    sys.stderr.write(text.decode("utf-8", "replace"))
+                    sys.stderr.flush()
+                except Exception:
+                    pass
+
+        _LOG["callback"] = _callback  # keep it alive as long as the process
+        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    # the bindings' Python logger (used by some of their own messages)
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)

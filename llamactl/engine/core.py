@@ -1,0 +1,404 @@
+"""The engine: a loaded model and its context, and the one decode path.
+
+`Engine.stream_tokens` is used by chat, one-shot mode and bench: it evaluates the part of
+the prompt that is not already in the KV cache (the longest common token prefix with what
+was evaluated before is kept), then samples token by token and yields a `Piece` per token
+and, last, a `Stats`. `Engine.stream_chat` renders messages with the chat template and
+builds the prompt tokens so that the conversation so far is reused token for token.
+
+`Engine.load` is the one place that constructs `llama_cpp.Llama`: the memory plan
+(llamactl.offload) for the load specification decides the layers on the GPU, the experts
+kept in RAM and the context. What it needs below the bindings' public API goes through
+`llamactl.engine.bindings`."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from llamactl.engine import bindings
+from llamactl.engine.template import CHAT_FORMATS, ChatTemplate, builtin
+from llamactl.engine.types import EngineOptions, Piece, Sampling, Stats
+from llamactl.errors import InsufficientResources, IntegrityError, LlamactlError, NotFound, UsageError
+
+if TYPE_CHECKING:
+    from llamactl.offload import Plan
+
+# Tokens that end a turn whatever the vocabulary's EOG set says.
+_STOP_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|eom|>", "<|end_of_text|>")
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """A loaded model and its context. Not thread-safe; one conversation at a time."""
+
+    llama: Any
+    load_seconds: float
+    plan: Plan
+    n_ctx: int
+
+    def __init__(self, llama: Any, *, model_path: Path, options: EngineOptions, plan: Plan,
+                 load_seconds: float):
+        import llama_cpp
+
+        self.llama = llama
+        self.model_path = Path(model_path)
+        self.options = options
+        self.plan = plan
+        self.load_seconds = load_seconds
+        self.n_ctx = int(llama.n_ctx())
+        self.metadata: dict[str, str] = dict(llama.gguf_metadata)
+        self.architecture = self.metadata.get("general.architecture", "llama")
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self._piece_cache: dict[int, bytes] = {}
+        self._history: list[int] = []     # the last prompt + every token sampled after it
+        # per history token: its text is its special form (template text, an end-of-turn
+        # token) rather than the plain form an answer shows (special tokens as nothing)
+        self._history_special: list[bool] = []
+        self._built: tuple[list[int], list[bool]] | None = None   # chat_tokens' last result
+        self.last_stats: Stats | None = None
+        self.evaluated_total = 0          # tokens evaluated by this engine, for tests and bench
+        self._stop_tokens = self._find_stop_tokens()
+        self.template = self._make_template(options.chat_format)
+
+    # -- loading ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_path: Path, options: EngineOptions | None = None) -> "Engine":
+        """Plan and load `model_path` as `options.load` says (see llamactl.load)."""
+        from llamactl import offload
+
+        options = options or EngineOptions()
+        spec = options.load
+        model_path = Path(model_path)
+        if not model_path.exists():
+            raise NotFound(f"model file not found: {model_path}")
+        bindings.check()
+        started = time.perf_counter()
+        bindings.set_llama_log(options.verbose)
+        plan = offload.plan_for_model(model_path, spec)
+        n_ctx = int(spec.ctx or plan.n_ctx)
+        kwargs: dict[str, Any] = dict(
+            n_gpu_layers=int(plan.n_gpu_layers), n_ctx=n_ctx, n_batch=min(spec.n_batch, n_ctx),
+            n_ubatch=min(spec.n_ubatch, n_ctx), flash_attn=spec.flash_attn, verbose=options.verbose,
+        )
+        if spec.threads:
+            kwargs["n_threads"] = spec.threads
+            kwargs["n_threads_batch"] = spec.threads
+        if options.seed is not None:
+            kwargs["seed"] = options.seed
+        if spec.kv_type != "f16":
+            kwargs["type_k"] = spec.kv.ggml_type
+            kwargs["type_v"] = spec.kv.ggml_type
+        # Llama 4's chunked attention keeps a sliding-window-like cache; llama.cpp can remove
+        # a suffix of it (and so reuse a conversation's prefix) only with the full-size cache.
+        if plan.architecture == "llama4":
+            kwargs["swa_full"] = True
+        try:
+            if plan.cpu_tensor_patterns:
+                from llamactl.overrides import load_llama
+
+                llama = load_llama(str(model_path), list(plan.cpu_tensor_patterns), **kwargs)
+            else:
+                llama = bindings.llama_class()(str(model_path), **kwargs)
+        except ValueError as exc:
+            text = str(exc)
+            if "context" in text.lower():
+                raise InsufficientResources(
+                    f"llama.cpp could not create a context of {n_ctx} tokens: {text}",
+                    hint="try a smaller --ctx, fewer --gpu-layers, or run with --verbose") from exc
+            raise IntegrityError(f"llama.cpp could not load {model_path}: {text}",
+                                 hint="run with --verbose for llama.cpp's log") from exc
+        return cls(llama, model_path=model_path, options=options, plan=plan,
+                   load_seconds=time.perf_counter() - started)
+
+    def _find_stop_tokens(self) -> set[int]:
+        stops: set[int] = set()
+        for text in _STOP_TEXTS:
+            ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+            if len(ids) == 1 and self.piece(ids[0], special=True) == text.encode():
+                stops.add(ids[0])
+        eos = self.llama.token_eos()
+        if eos is not None and eos >= 0:
+            stops.add(eos)
+        return stops
+
+    def _token_text(self, token: int) -> str:
+        if token is None or token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    def _make_template(self, chat_format: str | None) -> ChatTemplate:
+        bos = self._token_text(self.llama.token_bos())
+        eos = self._token_text(self.llama.token_eos())
+        if chat_format:
+            if chat_format in CHAT_FORMATS:
+                return builtin(chat_format, bos_token=bos, eos_token=eos)
+            path = Path(chat_format).expanduser()
+            if path.is_file():
+                try:
+                    source = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise UsageError(f"cannot read chat template {path}: {exc}") from exc
+                return ChatTemplate(source, bos_token=bos, eos_token=eos, name=str(path),
+                                    origin=f"the chat template {path}")
+            raise UsageError(f"unknown chat format {chat_format!r}",
+                             hint="one of: " + ", ".join(sorted(CHAT_FORMATS)) + ", or a .jinja file")
+        source = self.metadata.get("tokenizer.chat_template")
+        if source:
+            return ChatTemplate(source, bos_token=bos, eos_token=eos, name="gguf",
+                                origin=f"the chat template in {self.model_path}")
+        if self.architecture == "llama4":
+            name = "llama4"
+        elif self._single_token("<|start_header_id|>"):
+            name = "llama3"
+        else:
+            name = "plain"
+        return builtin(name, bos_token=bos, eos_token=eos)
+
+    def _single_token(self, text: str) -> bool:
+        ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+        return len(ids) == 1
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True, add_bos: bool = False) -> list[int]:
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens as their text when `special`)."""
+        key = token if not special else -token - 1
+        cached = self._piece_cache.get(key)
+        if cached is not None:
+            return cached
+        import llama_cpp
+
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            if n >= 0:
+                break
+            size = -n
+        out = buf.raw[:n]
+        self._piece_cache[key] = out
+        return out
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", "replace")
+
+    def is_stop(self, token: int) -> bool:
+        import llama_cpp
+
+        return token in self._stop_tokens or bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def context_tokens(self) -> list[int]:
+        """The tokens now held in the KV cache."""
+        return [int(t) for t in self.llama.input_ids[: self.llama.n_tokens]]
+
+    @property
+    def context_used(self) -> int:
+        return max(len(self._history), int(self.llama.n_tokens))
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        """The prompt tokens for `messages`, built so that the conversation already in the
+        cache is kept token for token: the rendered prompt is compared, byte by byte, with
+        the text of the tokens of the last call (its prompt and the answer generated); the
+        tokens inside the common text are reused as they are, and only the rest of the text
+        is tokenized. Whitespace that the template trimmed from an answer (Llama 3's
+        templates render `content | trim`) is skipped on the cached side, so the model's
+        own answer tokens stay as generated, as llama.cpp's llama-cli keeps them; a special
+        token inside an answer counts as the nothing the answer's text shows for it."""
+        text = self.render(messages)
+        history = self._history
+        flags = self._history_special
+        if history:
+            # Compare as text, decoding the cached tokens the way answers are decoded (bytes
+            # that are not UTF-8 become U+FFFD, as in the answer the conversation stores).
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            pos = 0           # position in `text`
+            keep = 0          # history tokens kept
+            keep_pos = 0
+            for i, tok in enumerate(history):
+                chunk = decoder.decode(self.piece(tok, special=flags[i] if i < len(flags) else True))
+                k = 0
+                while k < len(chunk):
+                    if pos < len(text) and chunk[k] == text[pos]:
+                        k += 1
+                        pos += 1
+                    elif chunk[k].isspace():
+                        k += 1
+                    else:
+                        break
+                if k < len(chunk):
+                    break
+                if not decoder.getstate()[0]:   # no character cut in half here
+                    keep, keep_pos = i + 1, pos
+            if keep > 0:
+                rest = self.tokenize(text[keep_pos:]) if keep_pos < len(text) else []
+                tokens = list(history[:keep]) + rest
+                self._built = (tokens, list(flags[:keep]) + [True] * len(rest))
+                return list(tokens)
+        text_bytes = text.encode("utf-8")
+        add_bos = self._add_bos() and not self._starts_with_bos(text_bytes)
+        tokens = self.tokenize(text, add_bos=add_bos)
+        self._built = (tokens, [True] * len(tokens))
+        return list(tokens)
+
+    def _add_bos(self) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def _starts_with_bos(self, text: bytes) -> bool:
+        bos = self.llama.token_bos()
+        return bos is not None and bos >= 0 and text.startswith(self.piece(bos, special=True))
+
+    def count_chat_tokens(self, messages: list[dict]) -> int:
+        text = self.render(messages)
+        add_bos = self._add_bos() and not self._starts_with_bos(text.encode("utf-8"))
+        return len(self.tokenize(text, add_bos=add_bos))
+
+    def stream_chat(self, messages: list[dict], sampling: Sampling) -> Iterator[Piece | Stats]:
+        """Render `messages` with the chat template and generate the assistant's answer."""
+        tokens = self.chat_tokens(messages)
+        yield from self.stream_tokens(tokens, sampling)
+
+    # -- the one decode path ---------------------------------------------------------------
+
+    def _truncate_cache(self, keep: int) -> int:
+        """Keep the first `keep` tokens of the KV cache; return how many were kept."""
+        return bindings.truncate_cache(self.llama, keep)
+
+    def reset(self) -> None:
+        """Forget the KV cache and the conversation tokens."""
+        self._truncate_cache(0)
+        self._history = []
+        self._history_special = []
+
+    def stream_tokens(self, prompt_tokens: list[int], sampling: Sampling, *,
+                      ignore_eos: bool = False, reuse_cache: bool = True) -> Iterator[Piece | Stats]:
+        """Evaluate what of `prompt_tokens` is not already in the KV cache, then sample up
+        to `sampling.max_tokens` tokens (0: evaluate the prompt only). Yields a Piece per
+        generated token and, last, a Stats. Ctrl-C (KeyboardInterrupt) while this runs
+        ends it with finish_reason "interrupted"; `last_stats` always holds the last call's
+        statistics, even when the caller stopped iterating."""
+        llama = self.llama
+        prompt = [int(t) for t in prompt_tokens]
+        n_ctx = self.n_ctx
+        if not prompt:
+            raise UsageError("empty prompt")
+        if len(prompt) >= n_ctx:
+            raise LlamactlError(f"the prompt is {len(prompt)} tokens; the context window is {n_ctx} tokens",
+                                hint="use a larger --ctx, or a shorter input")
+        start = time.perf_counter()
+        state = {"evaluated": 0, "generated": 0, "t_prompt": None, "t_first": None, "reason": "stop"}
+        self._history = list(prompt)
+        if self._built is not None and self._built[0] == prompt:
+            self._history_special = list(self._built[1])
+        else:
+            self._history_special = [True] * len(prompt)
+        self._built = None
+
+        def finish() -> Stats:
+            end = time.perf_counter()
+            t_prompt = (state["t_prompt"] or end) - start
+            gen_seconds = end - (state["t_prompt"] or end)
+            ttft = (state["t_first"] - start) if state["t_first"] else t_prompt
+            stats = Stats(
+                prompt_tokens=len(prompt), prompt_tokens_evaluated=state["evaluated"],
+                completion_tokens=state["generated"], prompt_seconds=t_prompt,
+                generation_seconds=gen_seconds, ttft_seconds=ttft,
+                prompt_tps=state["evaluated"] / t_prompt if t_prompt > 0 else 0.0,
+                generation_tps=state["generated"] / gen_seconds if gen_seconds > 0 and state["generated"] else 0.0,
+                finish_reason=state["reason"], context_tokens=len(self._history),
+            )
+            self.last_stats = stats
+            return stats
+
+        completed = False
+        try:
+            # 1. the prompt: keep the common prefix, evaluate the rest (at least one token,
+            #    so that the logits are those of the prompt's last token)
+            if not reuse_cache:
+                self._truncate_cache(0)
+            cached = self.context_tokens
+            keep = min(_lcp(cached, prompt), len(prompt) - 1)
+            keep = self._truncate_cache(keep)
+            todo = prompt[keep:]
+            step = max(1, int(llama.n_batch))
+            for i in range(0, len(todo), step):
+                chunk = todo[i:i + step]
+                llama.eval(chunk)
+                state["evaluated"] += len(chunk)
+                self.evaluated_total += len(chunk)
+            state["t_prompt"] = time.perf_counter()
+
+            # 2. generation
+            limit = sampling.max_tokens
+            if limit == 0:
+                state["reason"] = "length"
+            else:
+                sampler = bindings.sampler_chain(
+                    sampling, n_vocab=int(llama.n_vocab()),
+                    seed=sampling.seed if sampling.seed is not None else self.options.seed)
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                while True:
+                    token = bindings.sample(sampler, llama)
+                    if not ignore_eos and self.is_stop(token):
+                        self._history.append(token)
+                        self._history_special.append(True)
+                        state["reason"] = "stop"
+                        break
+                    state["generated"] += 1
+                    self._history.append(token)
+                    self._history_special.append(False)
+                    if state["t_first"] is None:
+                        state["t_first"] = time.perf_counter()
+                    yield Piece(decoder.decode(self.piece(token)), token)
+                    if limit is not None and state["generated"] >= limit:
+                        state["reason"] = "length"
+                        break
+                    if llama.n_tokens + 1 >= n_ctx:
+                        state["reason"] = "length"
+                        break
+                    llama.eval([token])
+                    self.evaluated_total += 1
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield Piece(tail, -1)
+            completed = True
+        except KeyboardInterrupt:
+            state["reason"] = "interrupted"
+            completed = True
+        finally:
+            stats = finish()
+            if not completed:
+                stats.finish_reason = "interrupted"
+        yield stats
+
+    def close(self) -> None:
+        llama = self.llama
+        if llama is not None:
+            try:
+                llama.close()
+            except Exception:
+                pass
+            self.llama = None
+
