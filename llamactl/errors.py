@@ -79,8 +79,3 @@ class Interrupted(LlamactlError):
 
     exit_code = ExitCode.INTERRUPTED
 
-
-class NotImplementedYet(LlamactlError):
-    """A verb that is registered but not built yet (exit 1)."""
-
-    exit_code = ExitCode.ERROR

@@ -19,7 +19,7 @@ def command_tree() -> dict[str, dict]:
     """{verb: {"help": str, "options": [..], "sub": {subverb: {...}}}}"""
     import typer.main
 
-    from llamactl.cli.app import app
+    from llamactl.cli.app import build_app
 
     def walk(cmd) -> dict:
         options: list[str] = []
@@ -36,7 +36,7 @@ def command_tree() -> dict[str, dict]:
         help_text = (getattr(cmd, "short_help", None) or getattr(cmd, "help", None) or "").strip()
         return {"help": help_text.split("\n")[0], "options": sorted(set(options)), "sub": sub}
 
-    return walk(typer.main.get_command(app))
+    return walk(typer.main.get_command(build_app()))
 
 
 def bash(tree: dict) -> str:

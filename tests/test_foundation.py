@@ -37,7 +37,8 @@ def test_version_names_llamactl_and_llama_cpp():
     assert f"llama-cpp-python {metadata.version('llama-cpp-python')}" in proc.out
 
 
-@pytest.mark.parametrize("args", [["no-such-verb"], ["list", "--no-such-option"], ["--bogus"]])
+@pytest.mark.parametrize("args", [["no-such-verb"], ["list", "--no-such-option"], ["--bogus"],
+                                  ["license", "bogus"], ["chat"], ["list", "extra"]])
 def test_unknown_verb_or_option_is_usage_error(args):
     proc = run_cli(*args)
     assert proc.returncode == 2
@@ -46,29 +47,55 @@ def test_unknown_verb_or_option_is_usage_error(args):
     assert "Traceback" not in proc.err
 
 
-def test_unbuilt_verb_says_so_in_one_line():
-    import typer
+def test_top_level_help_is_the_same_without_building_the_verbs():
+    # `llamactl --help` registers each verb by its summary only; what it prints must not
+    # differ from the help of the app with every verb built in full
     from typer.testing import CliRunner
 
-    from llamactl.cli.app import _App
-    from llamactl.cli.stub import register_stub
-    from llamactl.errors import NotImplementedYet
+    from llamactl.cli.app import ALL, build_app
 
-    app = typer.Typer()
-    register_stub(_App(app), "later", "Comes later.")
-
-    @app.command("other")
-    def _other() -> None:  # a second command keeps Typer from flattening the app
-        pass
-
-    result = CliRunner().invoke(app, ["later", "x", "--flag"])
-    assert isinstance(result.exception, NotImplementedYet)
-    assert result.exception.exit_code == 1
-    assert "not built yet" in str(result.exception)
+    lazy = CliRunner().invoke(build_app(None), ["--help"], prog_name="llamactl")
+    full = CliRunner().invoke(build_app(ALL), ["--help"], prog_name="llamactl")
+    assert lazy.exit_code == full.exit_code == 0
+    assert lazy.output == full.output
+    for verb in VERBS:
+        assert re.search(rf"^\s+{verb}\s+\S", lazy.output, re.M)
 
 
+@pytest.mark.parametrize("verb", VERBS)
+def test_verb_help_is_the_same_when_only_that_verb_is_built(verb):
+    from typer.testing import CliRunner
+
+    from llamactl.cli.app import ALL, build_app
+
+    lazy = CliRunner().invoke(build_app(verb), [verb, "--help"], prog_name="llamactl")
+    full = CliRunner().invoke(build_app(ALL), [verb, "--help"], prog_name="llamactl")
+    assert lazy.exit_code == full.exit_code == 0
+    assert lazy.output == full.output
+    assert f"Usage: llamactl {verb}" in lazy.output
+
+
+def test_ctrl_c_inside_a_verb_exits_130(monkeypatch, capsys):
+    from llamactl import registry
+    from llamactl.cli.app import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "entries", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["list"])
+    assert exit_.value.code == 130
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: interrupted\n"
+
+
+# rich and pydantic too: rich is for terminals (piped output is plain), and pydantic (which
+# Typer loads to coerce option values) costs as much as Typer itself
 @pytest.mark.parametrize("module", ["llama_cpp", "prompt_toolkit", "gguf", "numpy", "huggingface_hub",
-                                    "torch", "transformers"])
+                                    "torch", "transformers", "rich", "pydantic",
+                                    "importlib.metadata"])
 def test_startup_imports_nothing_heavy(module):
     code = (
         "import sys\n"

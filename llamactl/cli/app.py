@@ -1,4 +1,11 @@
-"""Builds the app and maps errors to one-line messages and exit codes. Nothing more."""
+"""Builds the app and maps errors to one-line messages and exit codes. Nothing more.
+
+Start-up is kept near the cost of importing Typer by building only what the command line
+needs: every verb module's `register(app)` receives a `_Registrar`, which registers the
+invoked verb in full and every other verb as a summary (its name and help, no options).
+`llamactl --help` thus lists every verb without building any verb's options, and
+`llamactl list` builds only `list`. `build_app()` with no verb builds everything (the
+completions generator and tests walk that tree)."""
 
 from __future__ import annotations
 
@@ -12,19 +19,32 @@ import typer
 from llamactl import __version__
 from llamactl.errors import ExitCode, Interrupted, LlamactlError
 
-app = typer.Typer(
-    name="llamactl",
-    help="Pull, convert, quantize, chat with and benchmark Meta's Llama models on llama.cpp.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+HELP = "Pull, convert, quantize, chat with and benchmark Meta's Llama models on llama.cpp."
+
+# The verb modules under llamactl/cli/, in the order `llamactl --help` lists their verbs.
+VERB_MODULES = ("models", "pull", "local", "license", "convert", "quantize", "chat", "bench",
+                "plan", "doctor")
+
+ALL = "*"  # build_app(ALL): every verb in full
 
 
 def _bindings_version() -> str:
-    from importlib import metadata
+    # An installed distribution's metadata folder is named NAME-VERSION.dist-info (the
+    # packaging standard), so the version is found without importing importlib.metadata,
+    # which would cost a fifth of `llamactl --version`. Search order as importlib's.
+    import re
+
+    folder = re.compile(r"llama_cpp_python-([^-]+)\.dist-info", re.IGNORECASE)
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            found = folder.fullmatch(name)
+            if found:
+                return found.group(1)
+    from importlib import metadata  # another layout (an .egg-info): ask importlib
 
     try:
         return metadata.version("llama-cpp-python")
@@ -44,10 +64,11 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", help="Show llamactl's and llama.cpp's versions.",
+    # a plain bool flag (default False, not None): Typer then skips its value coercion,
+    # which would import pydantic on every run
+    version: bool = typer.Option(
+        False, "--version", help="Show llamactl's and llama.cpp's versions.",
         callback=_version_callback, is_eager=True,
     ),
 ) -> None:
@@ -68,30 +89,77 @@ def _interrupt_as_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class _App:
-    """Registers commands so that Ctrl-C inside any of them becomes exit 130."""
+def _summary() -> None:
+    """Stands in for a verb that this command line does not invoke (never called: the
+    invoked verb is always registered in full)."""
 
-    def __init__(self, typer_app: typer.Typer):
+
+class _Registrar:
+    """What each verb module's `register()` receives. The verb `full` (ALL: every verb) is
+    registered in full, with Ctrl-C inside it becoming exit 130; any other verb only by
+    its name and help, so that the top-level help still lists it."""
+
+    def __init__(self, typer_app: typer.Typer, full: str | None):
         self._app = typer_app
+        self._full = full
 
-    def command(self, *args: Any, **kwargs: Any):
-        register = self._app.command(*args, **kwargs)
-        return lambda fn: register(_interrupt_as_error(fn))
+    def _wanted(self, name: str) -> bool:
+        return self._full == ALL or self._full == name
 
-    def add_typer(self, *args: Any, **kwargs: Any) -> None:
-        self._app.add_typer(*args, **kwargs)
+    def command(self, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if not self._wanted(name):
+            self._app.command(name, **kwargs)(_summary)
+            return lambda fn: fn
+        register = self._app.command(name, **kwargs)
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(_interrupt_as_error(fn))
+            return fn
+
+        return decorate
+
+    def add_typer(self, sub: typer.Typer, *, name: str, help: str, **kwargs: Any) -> None:
+        if self._wanted(name):
+            self._app.add_typer(sub, name=name, help=help, **kwargs)
+        else:
+            self._app.add_typer(typer.Typer(add_completion=False), name=name, help=help, **kwargs)
 
 
-def _register_all() -> None:
-    from llamactl.cli import (bench, chat, convert, doctor, license, local, models, plan,
-                              pull, quantize)
+def build_app(verb: str | None = ALL) -> typer.Typer:
+    """The app, with `verb` built in full (ALL: every verb; None or an unknown name: none,
+    only the summaries that the top-level help and Click's usage errors need)."""
+    import importlib
 
-    wrapped = _App(app)
-    for module in (models, pull, local, license, convert, quantize, chat, bench, plan, doctor):
-        module.register(wrapped)
+    # default_map gives the help flags of the root and of the verb the value False when
+    # they are not given. Left at None, Typer coerces that None through pydantic, whose
+    # import alone costs about as much as importing Typer.
+    no_help = {"help": False}
+    app = typer.Typer(
+        name="llamactl",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"],
+                          "default_map": {**no_help, **({verb: no_help} if verb and verb != ALL else {})}},
+    )
+    app.callback()(_root)
+    registrar = _Registrar(app, verb)
+    for name in VERB_MODULES:
+        importlib.import_module(f"llamactl.cli.{name}").register(registrar)
+    return app
 
 
-_register_all()
+def invoked_verb(args: list[str]) -> str | None:
+    """The verb a command line names: its first word that is not an option (the root takes
+    only flags, so no option value can come first)."""
+    for arg in args:
+        if arg == "--":
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _debug() -> bool:
@@ -117,8 +185,9 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="llamactl")
+        build_app(invoked_verb(args))(args=args, prog_name="llamactl")
     except SystemExit:
         raise
     except BrokenPipeError:

@@ -69,15 +69,13 @@ def _list(as_json: bool) -> None:
     if as_json:
         output.json_doc(rows)
         return
-    from llamactl.cli.models import print_rows
-
-    print_rows(["FAMILY", "LICENSE", "ACCEPTED"],
-               [[r["family"], r["title"], r["accepted_at"] or "no"] for r in rows])
+    output.rows(["FAMILY", "LICENSE", "ACCEPTED"],
+                [[r["family"], r["title"], r["accepted_at"] or "no"] for r in rows])
 
 
 def register(app: Any) -> None:
-    sub = typer.Typer(name="license", help="Llama licenses: list, show, accept, revoke.",
-                      no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+    sub = typer.Typer(name="license", no_args_is_help=True, add_completion=False,
+                      rich_markup_mode=None)
 
     @sub.command("list", help="The Llama license families and whether each is accepted here.")
     def list_cmd(as_json: JsonOpt = False) -> None:
@@ -126,4 +124,4 @@ def register(app: Any) -> None:
         else:
             output.info(f"the {fam.title} was not accepted; nothing to revoke")
 
-    app.add_typer(sub, name="license")
+    app.add_typer(sub, name="license", help="Llama licenses: list, show, accept, revoke.")

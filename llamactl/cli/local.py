@@ -34,12 +34,10 @@ def _list(as_json: bool) -> None:
     if not entries:
         output.info("no models on this machine yet; fetch one with `llamactl pull llama3.2-1b`")
         return
-    from llamactl.cli.models import print_rows
-
-    print_rows(["NAME", "SIZE", "SOURCE", "LICENSE", "PULLED"],
-               [[e["name"], human_bytes(e.get("size") or 0), e.get("repo") or e.get("path") or "-",
-                 e.get("license") or "-", (e.get("pulled_at") or "")[:16].replace("T", " ")]
-                for e in entries])
+    output.rows(["NAME", "SIZE", "SOURCE", "LICENSE", "PULLED"],
+                [[e["name"], human_bytes(e.get("size") or 0), e.get("repo") or e.get("path") or "-",
+                  e.get("license") or "-", (e.get("pulled_at") or "")[:16].replace("T", " ")]
+                 for e in entries])
 
 
 def _show(model: str, as_json: bool) -> None:

@@ -8,24 +8,6 @@ from llamactl.cli import output
 from llamactl.cli.options import JsonOpt
 
 
-def print_rows(headers: list[str], rows: list[list[str]]) -> None:
-    """A table as data on stdout: a rich table on a terminal, plain aligned columns (never
-    truncated) when piped."""
-    if output.stdout_is_tty():
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False)
-        for col in headers:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        output.table(table)
-        return
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    output.data("\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
-                           for row in [headers, *rows]))  # one write: a closed pipe ends it cleanly
-
-
 def _count(n: int | None) -> str:
     if not n:
         return "-"
@@ -69,8 +51,8 @@ def register(app: Any) -> None:
             output.json_doc([{**e.to_dict(), "on_this_machine": sorted(here.get(e.name, []))}
                              for e in entries])
             return
-        print_rows(["NAME", "ALIASES", "PARAMS", "CONTEXT", "DEFAULT", "LICENSE", "HERE",
-                    "GGUF SOURCE"],
-                   [[e.name, ",".join(e.aliases) or "-", _params(e), _ctx(e.context_length),
-                     e.default_tag, e.license or "-", ",".join(sorted(here.get(e.name, []))) or "-",
-                     (e.gguf_repos or ["-"])[0]] for e in entries])
+        output.rows(["NAME", "ALIASES", "PARAMS", "CONTEXT", "DEFAULT", "LICENSE", "HERE",
+                     "GGUF SOURCE"],
+                    [[e.name, ",".join(e.aliases) or "-", _params(e), _ctx(e.context_length),
+                      e.default_tag, e.license or "-", ",".join(sorted(here.get(e.name, []))) or "-",
+                      (e.gguf_repos or ["-"])[0]] for e in entries])
