@@ -58,7 +58,8 @@ def main() -> None:
 
     from huggingface_hub import hf_hub_download
 
-    from llamactl import hub, refs
+    from llamactl import refs
+    from llamactl.models.pull import pull_gguf
 
     def fresh(label: str) -> Path:
         cache = tmp / f"hf-{label}"
@@ -82,7 +83,7 @@ def main() -> None:
 
     def llamactl_pull() -> None:
         fresh("llamactl")
-        entry, status = hub.pull_model(refs.parse(f"hf.co/{REPO}:q4_k_m"))
+        entry, status = pull_gguf(refs.parse(f"hf.co/{REPO}:q4_k_m"))
         assert status == "pulled"
 
     runs = {"hf_hub_download": hf_only, "hf_hub_download + sha256 pass": hf_then_hash,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,16 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 
+def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -34,14 +45,66 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _writer_tag() -> str:
+    """Who writes a temporary file: this process's id and start time (a recycled pid is
+    then not taken for the writer)."""
+    pid = os.getpid()
+    return f"p{pid}-{_start_time(pid) or 0}"
+
+
+_PARTIAL_RE = re.compile(r"^\..+\.p(\d+)-(\d+)\.[A-Za-z0-9_]+\.partial$")
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # someone else's live process
+    now = _start_time(pid)
+    return not (start and now and now != start)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete the temporary files that atomic_path left in `folder` for processes that are
+    gone (killed with SIGKILL, or by a power cut); a live process's file is never touched.
+    Returns what was deleted."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _PARTIAL_RE.match(name)
+        if m and not _alive(int(m.group(1)), int(m.group(2))):
+            with contextlib.suppress(OSError):
+                (Path(folder) / name).unlink()
+                removed.append(Path(folder) / name)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = ".partial") -> Iterator[Path]:
-    """Yield a unique temporary path beside `target`; on success it replaces `target`
-    atomically, on any exception (Ctrl-C included) it is deleted. Whatever writes to the
-    temporary path must close it before the block ends."""
+    """Yield a unique temporary path beside `target` (`.NAME.p<pid>-<start>.XXXX<suffix>`,
+    naming the writing process); on success it replaces `target` atomically, on any
+    exception (Ctrl-C included) it is deleted. Whatever writes to the temporary path must
+    close it before the block ends. A process killed outright leaves it behind:
+    remove_stale_partials finds it by the process id."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer_tag()}.", suffix=suffix,
+                                    dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

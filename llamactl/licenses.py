@@ -15,10 +15,10 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llamactl import __version__, paths
-from llamactl.errors import LicenseNotAccepted, NotFound
+from llamactl.errors import LicenseNotAccepted, LlamactlError, NotFound
 from llamactl.fsutil import atomic_write_json, file_lock, read_json
 
 RECORD_FILE = "licenses.json"
@@ -123,10 +123,21 @@ def _record_path() -> Path:
     return paths.config_dir() / RECORD_FILE
 
 
+def _read_doc(path: Path) -> dict[str, Any]:
+    """{"accepted": {FAMILY: RECORD}}; a file of another shape is an error naming it (it is
+    never rewritten over)."""
+    doc = read_json(path, default=None)
+    if doc is None:
+        return {"accepted": {}}
+    if not isinstance(doc, dict) or not isinstance(doc.get("accepted", {}), dict):
+        raise LlamactlError(f"{path} is not a license record ({{\"accepted\": {{...}}}})",
+                            hint="move it aside; accepted licenses are then asked for again")
+    doc.setdefault("accepted", {})
+    return doc
+
+
 def records() -> dict[str, dict[str, Any]]:
-    doc = read_json(_record_path(), default={}) or {}
-    accepted = doc.get("accepted") if isinstance(doc, dict) else None
-    return accepted if isinstance(accepted, dict) else {}
+    return _read_doc(_record_path())["accepted"]
 
 
 def is_accepted(family_id: str) -> bool:
@@ -137,8 +148,8 @@ def accept(family_id: str, *, text_sha256: str | None = None, how: str = "comman
     family = get_family(family_id)
     path = _record_path()
     with file_lock(path.with_name(path.name + ".lock")):
-        doc = read_json(path, default={}) or {}
-        accepted = doc.setdefault("accepted", {})
+        doc = _read_doc(path)
+        accepted = doc["accepted"]
         record = {
             "family": family.id,
             "title": family.title,
@@ -157,12 +168,10 @@ def revoke(family_id: str) -> bool:
     family = get_family(family_id)
     path = _record_path()
     with file_lock(path.with_name(path.name + ".lock")):
-        doc = read_json(path, default={}) or {}
-        accepted = doc.get("accepted") or {}
-        if family.id not in accepted:
+        doc = _read_doc(path)
+        if family.id not in doc["accepted"]:
             return False
-        del accepted[family.id]
-        doc["accepted"] = accepted
+        del doc["accepted"][family.id]
         atomic_write_json(path, doc)
     return True
 
@@ -174,3 +183,29 @@ def not_accepted_error(family_id: str, model: str) -> LicenseNotAccepted:
         hint=f"read it (`llamactl license show {family.id}`), then accept it: run again with "
              f"--accept-license, or run `llamactl license accept {family.id}`",
     )
+
+
+# The answer of an interactive prompt: the sha256 of the text shown, True (accepted, no text
+# shown), or False/None (refused).
+Confirm = Callable[[str], "str | bool | None"]
+
+
+def gate(family_id: str | None, model: str, *, accept_license: bool = False,
+         confirm: Confirm | None = None) -> None:
+    """Stop unless the license family of `model` is accepted on this machine. Called before
+    any weights are fetched. A family llamactl does not know (None, "apache-2.0") passes.
+    `accept_license` records the acceptance; `confirm(family)` asks (interactive); without
+    either, LicenseNotAccepted (exit 3) naming the commands that accept it."""
+    if not family_id or family_id not in FAMILIES or is_accepted(family_id):
+        return
+    if accept_license:
+        accept(family_id, how="--accept-license")
+        return
+    if confirm is None:
+        raise not_accepted_error(family_id, model)
+    answer = confirm(family_id)
+    if answer is False or answer is None:
+        raise LicenseNotAccepted(f"the {get_family(family_id).title} was not accepted; "
+                                 "nothing was downloaded",
+                                 hint=f"accept it later with `llamactl license accept {family_id}`")
+    accept(family_id, text_sha256=answer if isinstance(answer, str) else None, how="prompt")

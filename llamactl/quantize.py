@@ -3,12 +3,14 @@
 Checks come first, before any work: the type is known, the low-bit IQ types have an
 importance matrix, an already-quantized source needs `allow_requantize`, the disk has room.
 The output is written by llama.cpp to a temporary file beside the target and renamed on
-success; a failure or Ctrl-C deletes it. Split inputs (`-00001-of-0000N.gguf`) are read
+success; a failure or Ctrl-C deletes it, and the temporary files of runs killed outright
+(SIGKILL) are deleted by the next run in that folder (fsutil.remove_stale_partials). Split inputs (`-00001-of-0000N.gguf`) are read
 through their first part; the output is one file."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import struct
 import time
@@ -53,7 +55,7 @@ QUANT_TYPES: dict[str, tuple[int, float, str]] = {
 }
 ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
-_FLOAT_TYPES = {"F32", "F16", "BF16"}
+FLOAT_TYPES = {"F32", "F16", "BF16"}
 Progress = Callable[[str, int, int], None]
 
 
@@ -88,10 +90,27 @@ def normalize_type(qtype: str) -> str:
     return name
 
 
+def check_type(qtype: str, imatrix: Path | None = None) -> str:
+    """The canonical type name, after the checks that need no model: a known type
+    (UsageError, exit 2), an importance matrix for the types llama.cpp refuses without one
+    (exit 2), and that matrix's file existing (NotFound, exit 4)."""
+    name = normalize_type(qtype)
+    if name in NEEDS_IMATRIX and imatrix is None:
+        raise UsageError(f"{name} needs an importance matrix: llama.cpp refuses it without one",
+                         hint="pass --imatrix FILE (the imatrix published beside the GGUF quants), "
+                              "or choose Q4_K_M / IQ4_XS")
+    if imatrix is not None and not Path(imatrix).is_file():
+        raise NotFound(f"imatrix file not found: {imatrix}")
+    return name
+
+
 def default_output(src: Path, qtype: str) -> Path:
     """model-f16.gguf + Q4_K_M -> model-Q4_K_M.gguf (a float-type suffix is replaced);
     split inputs drop the -00001-of-0000N part."""
-    stem = re.sub(r"-\d{5}-of-\d{5}$", "", src.stem)
+    from llamactl.gguf_split import SPLIT_SUFFIX
+
+    split = SPLIT_SUFFIX.search(src.name)
+    stem = src.name[:split.start()] if split else src.stem
     stem = re.sub(r"[-.](f32|f16|bf16|F32|F16|BF16)$", "", stem)
     return src.with_name(f"{stem}-{qtype}.gguf")
 
@@ -202,6 +221,14 @@ def _child_main() -> None:
     import llama_cpp
 
     req = json.loads(sys.argv[1])
+    if sys.platform.startswith("linux"):
+        # Die with the parent: a parent killed outright must not leave this process writing
+        # into a temporary file that the next run takes for stale.
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        if os.getppid() != req.get("parent"):
+            sys.exit(1)   # the parent was already gone
     lines: list[str] = []
 
     tensor_line = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
@@ -241,7 +268,6 @@ def _run_child(req: dict[str, Any], progress: Progress | None = None) -> tuple[i
     The child reports each tensor it starts; `progress(name, index, count)` sees them.
     Returns (rc, llama.cpp's log)."""
     import json
-    import os
     import queue
     import signal
     import subprocess
@@ -319,19 +345,15 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
     (default: beside `src`, named for the type). `dry_run` writes nothing and returns
     llama.cpp's size estimate in `bytes`. `progress(tensor_name, index, count)` is called
     as llama.cpp starts each tensor."""
-    from llamactl.fsutil import atomic_path, check_free_space
+    from llamactl.fsutil import atomic_path, check_free_space, remove_stale_partials
     from llamactl.gguf_info import read_gguf
 
-    name = normalize_type(qtype)
+    name = check_type(qtype, imatrix)
     ftype, bpw, _ = QUANT_TYPES[name]
-    if name in NEEDS_IMATRIX and imatrix is None:
-        raise UsageError(f"{name} needs an importance matrix: llama.cpp refuses it without one",
-                         hint="pass --imatrix FILE (the imatrix published beside the GGUF quants), "
-                              "or choose Q4_K_M / IQ4_XS")
     src = Path(src)
     info = read_gguf(src)          # NotFound / IntegrityError for missing or corrupt input
     quantized = sorted({t.type_name for t in info.tensors
-                        if len(t.shape) >= 2 and t.type_name not in _FLOAT_TYPES})
+                        if len(t.shape) >= 2 and t.type_name not in FLOAT_TYPES})
     if quantized and not allow_requantize:
         raise LlamactlError(
             f"{src.name} is already quantized ({', '.join(quantized)}); requantizing stacks a second "
@@ -350,7 +372,7 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
                          f"the quantized model {out.name}")
 
     request = {
-        "src": str(info.paths[0]), "ftype": ftype, "nthread": int(threads or 0),
+        "parent": os.getpid(), "src": str(info.paths[0]), "ftype": ftype, "nthread": int(threads or 0),
         "allow_requantize": bool(allow_requantize), "quantize_output_tensor": not leave_output_tensor,
         "pure": bool(pure), "dry_run": bool(dry_run),
         "imatrix": str(Path(imatrix).resolve()) if imatrix is not None else None,
@@ -373,6 +395,7 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
                               info.n_params, size * 8 / max(1, info.n_params), time.monotonic() - start,
                               bool(quantized), str(imatrix) if imatrix else None, dry_run=True)
 
+    remove_stale_partials(out.parent)   # what runs killed outright left here
     with atomic_path(out) as tmp:
         run(tmp)
         if not tmp.exists() or tmp.stat().st_size == 0:
@@ -390,84 +413,3 @@ def quantize_gguf(src: Path, out: Path | None, qtype: str, *, imatrix: Path | No
         requantized=bool(quantized),
         imatrix=str(imatrix) if imatrix else None,
     )
-
-
-# ------------------------------------------------------------------ registered models
-
-def find_registered(ref: str) -> dict[str, Any] | None:
-    """The registry entry a name or reference means (no network)."""
-    from llamactl import hub, refs, registry
-
-    entry = registry.get(ref.strip())
-    if entry is not None:
-        return entry
-    try:
-        parsed = refs.parse(ref)
-    except LlamactlError:
-        return None
-    return hub.registered_for(parsed)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 * 1024 * 1024), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def register_quantized(result: QuantizeResult, model: str, *, license: str | None = None,
-                       provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Register a quantized file as MODEL:TYPE (lower-case tag), source "local"."""
-    from llamactl import registry
-
-    assert result.path is not None
-    tag = result.qtype.lower()
-    entry = {
-        "name": f"{model}:{tag}",
-        "model": model,
-        "tag": tag,
-        "source": "local",
-        "repo": None,
-        "revision": None,
-        "requested_revision": None,
-        "files": [{"filename": result.path.name, "path": str(result.path), "blob": None,
-                   "size": result.bytes, "sha256": _sha256(result.path)}],
-        "path": str(result.path),
-        "size": result.bytes,
-        "license": license,
-        "pulled_at": registry.now(),
-        **(provenance or {}),
-    }
-    return registry.put(entry)
-
-
-def quantize_registered(ref: str, qtype: str, **options: Any) -> tuple[QuantizeResult, dict[str, Any] | None]:
-    """Quantize a registered model into llamactl's models folder and register the result
-    as MODEL:TYPE. `options` as for quantize_gguf (dry_run registers nothing)."""
-    from llamactl import paths, registry
-
-    name = normalize_type(qtype)
-    entry = find_registered(ref)
-    if entry is None:
-        raise NotFound(f"{ref!r} is not on this machine and is not a .gguf file",
-                       hint="see `llamactl list`, or pass the path of a .gguf file")
-    src = Path(entry["path"])
-    if not src.exists():
-        raise NotFound(f"the file of {entry['name']} is gone: {src}",
-                       hint=f"pull it again, or remove it: `llamactl rm {entry['name']}`")
-    model = entry.get("model") or entry["name"].split(":")[0]
-    new_name = f"{model}:{name.lower()}"
-    if registry.get(new_name) is not None and not options.get("dry_run"):
-        raise LlamactlError(f"{new_name} is already on this machine",
-                            hint=f"remove it first: `llamactl rm {new_name}`")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-    out = paths.ensure(paths.models_dir() / safe) / f"{safe}-{name}.gguf"
-    result = quantize_gguf(src, out, name, **options)
-    if result.dry_run:
-        return result, None
-    new = register_quantized(result, model, license=entry.get("license"),
-                             provenance={"quantized_from": entry["name"]})
-    return result, new

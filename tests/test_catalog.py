@@ -8,7 +8,7 @@ import pytest
 
 from llamactl import catalog, refs
 from llamactl.errors import NotFound, UsageError
-from llamactl.hub import RemoteFile, RepoListing, choose_files, files_for_path, quant_of
+from llamactl.hub.listing import RemoteFile, RepoListing, choose_files, files_for_path, quant_of
 
 EXPECTED = {
     "llama4-maverick": (["maverick"], "meta-llama/Llama-4-Maverick-17B-128E-Instruct",

@@ -224,23 +224,6 @@ def test_unsupported_architecture(tiny_checkpoint, tmp_path, cli):
     _expect_failure(cli, ckpt, tmp_path, 1, "mistral", "supported architectures", "llama (Llama 3.x")
 
 
-def test_llama4_unsupported_until_its_converter_exists(tiny_checkpoint, tmp_path, monkeypatch):
-    import llamactl.convert as convert
-    from llamactl.errors import LlamactlError
-
-    ckpt = _broken_copy(tiny_checkpoint, tmp_path / "ck")
-    cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["model_type"] = "llama4"
-    (ckpt / "config.json").write_text(json.dumps(cfg))
-    monkeypatch.setitem(convert.ARCHITECTURES, "llama4", ("no_such_module_yet", "Llama 4"))
-    with pytest.raises(LlamactlError) as err:
-        convert.convert_checkpoint(ckpt, tmp_path / "m.gguf")
-    assert err.value.exit_code == 1
-    assert "'llama4'" in err.value.message and "llama (Llama 3.x" in err.value.message
-    assert "llama4 (" not in err.value.message
-    assert not (tmp_path / "m.gguf").exists()
-
-
 def test_missing_shard(tiny_checkpoint_factory, tmp_path, cli):
     ckpt = _broken_copy(tiny_checkpoint_factory(max_shard_size="300KB"), tmp_path / "ck")
     (ckpt / "model-00002-of-00014.safetensors").unlink()

@@ -62,3 +62,34 @@ def test_ctrl_c_during_quantize(medium, tmp_path):
     assert "Traceback" not in done.stderr and done.stdout == ""
     time.sleep(0.5)
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quantize_killed_outright_leaves_a_partial_that_the_next_run_removes(medium, tiny_gguf, tmp_path):
+    """SIGKILL gives no chance to clean up: the temporary file stays, and the quantizer child
+    dies with its parent (it does not go on writing into it). The next run removes it."""
+    _, gguf = medium
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "llamactl", "quantize", str(gguf), "Q4_K_M",
+                             "-o", str(out_dir / "m.gguf")], cwd=REPO, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in out_dir.iterdir()):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)
+    left = [p for p in out_dir.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(".m.gguf.p") and left[0].name.endswith(".partial")
+    size = left[0].stat().st_size
+    time.sleep(1.0)
+    assert left[0].stat().st_size == size            # nobody writes it any more
+    done = subprocess.run([sys.executable, "-m", "llamactl", "quantize", str(tiny_gguf), "Q8_0",
+                           "-o", str(out_dir / "t.gguf")], cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["t.gguf"]

@@ -299,25 +299,61 @@ def test_two_concurrent_pulls_download_once_and_both_succeed(hubsim, small_gguf,
     assert [e["name"] for e in registry] == ["llama3.2-1b:q4_k_m"]
 
 
-def test_ensure_model_file_paths_registered_models_and_the_gate(hubsim, one_b, tmp_path):
-    from llamactl.cli.pull import ensure_model_file
+def test_resolve_paths_registered_models_and_the_gate(hubsim, one_b, tmp_path):
     from llamactl.errors import LicenseNotAccepted, NotFound
+    from llamactl.models.resolve import resolve
 
     local = tmp_path / "here.gguf"
     local.write_bytes(one_b["q4"].read_bytes())
-    assert ensure_model_file(str(local)) == local
+    loose = resolve(str(local))
+    assert loose.path == local and loose.entry is None and loose.status == "file"
     with pytest.raises(NotFound):
-        ensure_model_file(str(tmp_path / "missing.gguf"))
-    with pytest.raises(LicenseNotAccepted) as exc:  # no terminal here: no prompt
-        ensure_model_file("llama3.2-1b", quiet=True)
+        resolve(str(tmp_path / "missing.gguf"))
+    with pytest.raises(NotFound) as absent:  # pull=False: never the network
+        resolve("llama3.2-1b", pull=False)
+    assert "llamactl pull llama3.2-1b" in absent.value.hint
+    with pytest.raises(LicenseNotAccepted) as exc:  # no confirm callback: no prompt
+        resolve("llama3.2-1b")
     assert exc.value.exit_code == 3
     assert weight_requests(hubsim) == []
-    path = ensure_model_file("llama3.2-1b", accept_license=True, quiet=True)
-    assert sha256(path) == sha256(one_b["q4"])
+    pulled = resolve("llama3.2-1b", accept_license=True)
+    assert pulled.status == "pulled" and pulled.pulled
+    assert pulled.name == "llama3.2-1b:q4_k_m" and pulled.license == "llama3.2"
+    assert sha256(pulled.path) == sha256(one_b["q4"])
     before = len(hubsim.log)
-    assert ensure_model_file("1b") == path
-    assert ensure_model_file("llama3.2-1b:q4_k_m") == path
+    for ref in ("1b", "llama3.2-1b", "llama3.2-1b:q4_k_m", "LLAMA3.2-1B:Q4_K_M"):
+        found = resolve(ref)
+        assert (found.path, found.status, found.entry) == (pulled.path, "registered", pulled.entry), ref
     assert len(hubsim.log) == before  # registered: no network
+
+
+def test_resolve_reads_the_registry_once_and_parses_once(hubsim, one_b, monkeypatch):
+    from llamactl import refs, registry
+    from llamactl.models.resolve import resolve
+
+    resolve("1b", accept_license=True)
+    reads, parses = [], []
+    real_read, real_parse = registry.read, refs.parse
+    monkeypatch.setattr(registry, "read", lambda: reads.append(1) or real_read())
+    monkeypatch.setattr(refs, "parse", lambda text: parses.append(text) or real_parse(text))
+    assert resolve("1b").name == "llama3.2-1b:q4_k_m"
+    assert (len(reads), parses) == (1, ["1b"])
+    reads.clear(), parses.clear()
+    assert resolve("llama3.2-1b:q4_k_m").status == "registered"
+    assert (len(reads), parses) == (1, [])  # a registered name is not parsed at all
+
+
+def test_a_registered_hub_model_whose_file_is_gone_is_pulled_again(hubsim, one_b):
+    from llamactl.errors import NotFound
+    from llamactl.models.resolve import resolve
+
+    first = resolve("1b", accept_license=True)
+    os.unlink(first.entry["files"][0]["blob"])
+    with pytest.raises(NotFound) as gone:
+        resolve("1b", pull=False)
+    assert "gone" in gone.value.message and "llamactl rm llama3.2-1b:q4_k_m" in gone.value.hint
+    again = resolve("llama3.2-1b:q4_k_m")
+    assert again.status == "pulled" and sha256(again.path) == sha256(one_b["q4"])
 
 
 def test_gguf_general_license_gates_a_repository_without_a_license_tag(cli, hubsim, small_gguf, tmp_path):

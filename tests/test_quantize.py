@@ -243,3 +243,51 @@ def test_progress_reports_every_tensor(tiny_gguf, tmp_path, cli):
     assert proc.returncode == 0, proc.err
     assert f"quantizing: tensor {n} of {n}" in proc.err
     assert proc.out.strip() == str(tmp_path / "b.gguf")      # stdout: the path only
+
+
+ATOMIC_WRITER = r"""
+import pathlib, sys, time
+from llamactl.fsutil import atomic_path
+with atomic_path(pathlib.Path(sys.argv[1])) as tmp:
+    tmp.write_bytes(b"half a model")
+    print(tmp.name, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_stale_partial_files_of_killed_runs_are_removed_and_live_ones_kept(tiny_gguf, tiny_checkpoint, tmp_path):
+    """A writer killed with SIGKILL leaves its `.NAME.pPID-START.XXXX.partial`; the next
+    quantize or convert into that folder deletes it, and leaves a live writer's alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from llamactl.convert import convert_checkpoint
+    from llamactl.quantize import quantize_gguf
+    from tests.conftest import REPO
+
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def writer(name):
+        proc = subprocess.Popen([sys.executable, "-c", ATOMIC_WRITER, str(out / name)], cwd=REPO,
+                                stdout=subprocess.PIPE, env=dict(os.environ))
+        return proc, proc.stdout.readline().decode().strip()
+
+    killed, killed_tmp = writer("a.gguf")
+    live, live_tmp = writer("b.gguf")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert sorted(leftovers(out)) == sorted([killed_tmp, live_tmp])
+        assert quantize_gguf(tiny_gguf, out / "q.gguf", "Q8_0").path == out / "q.gguf"
+        assert leftovers(out) == [live_tmp]            # the dead writer's file went, the live one's stayed
+        killed, killed_tmp = writer("c.gguf")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        convert_checkpoint(tiny_checkpoint, out / "c.gguf", "f16")
+        assert leftovers(out) == [live_tmp]
+    finally:
+        live.kill()
+        live.wait(timeout=30)

@@ -160,3 +160,31 @@ def test_rm_asks_on_a_terminal(two_quants_sharing_a_blob):
     child.close()
     assert child.exitstatus == 0
     assert not Path(f16["files"][0]["blob"]).exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"version": 1}', '{"models": [1, 2]}',
+                                     '{"version": 1, "models": {"a": 1}}', '"models"'])
+def test_registry_of_the_wrong_shape_is_an_error_naming_it_and_is_never_rewritten(content, isolated_home):
+    from llamactl import registry
+    from llamactl.errors import LlamactlError
+    from llamactl.models.resolve import resolve
+
+    path = isolated_home / "data" / "registry.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    for action in (registry.entries, lambda: resolve("1b", pull=False),
+                   lambda: registry.put({"name": "x", "files": [], "path": "/x", "size": 0})):
+        with pytest.raises(LlamactlError) as err:
+            action()
+        assert err.value.exit_code == 1 and str(path) in err.value.message
+    assert path.read_text() == content  # not read as "no models" and written over
+
+
+def test_wrong_shape_registry_through_the_cli_is_one_line_exit_1(cli, isolated_home):
+    path = isolated_home / "data" / "registry.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("[1, 2, 3]")
+    proc = cli("list")
+    assert proc.returncode == 1
+    assert str(path) in proc.err and "Traceback" not in proc.err
+    assert path.read_text() == "[1, 2, 3]"

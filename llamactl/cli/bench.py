@@ -157,9 +157,9 @@ def _emit(rows: list[dict], fmt: str, *, machine: dict | None, history: bool = F
 
 
 def _resolver(accept_license: bool, quiet: bool):
-    from llamactl.cli.pull import ensure_model_file
+    from llamactl.cli.fetch import resolve_model
 
-    return lambda ref: ensure_model_file(ref, accept_license=accept_license, quiet=quiet)
+    return lambda ref: resolve_model(ref, accept_license=accept_license, quiet=quiet).path
 
 
 def register(app: typer.Typer) -> None:

@@ -18,13 +18,6 @@ PromptArg = Annotated[
 ]
 
 
-def resolve_model(ref: str, *, accept_license: bool, quiet: bool) -> Path:
-    """A model reference to the path of its GGUF (pulling it first when needed)."""
-    from llamactl.cli.pull import ensure_model_file
-
-    return Path(ensure_model_file(ref, accept_license=accept_license, quiet=quiet))
-
-
 def _stdout_to_devnull() -> None:
     import os
     import sys
@@ -111,7 +104,9 @@ def register(app) -> None:
                             repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
 
         # 2. the model
-        path = resolve_model(model, accept_license=accept_license, quiet=False)
+        from llamactl.cli.fetch import resolve_model
+
+        path = resolve_model(model, accept_license=accept_license).path
         if dry_run:
             from llamactl import offload
             from llamactl.cli.plan import render

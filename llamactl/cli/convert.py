@@ -13,44 +13,6 @@ from llamactl.cli.options import JsonOpt, QuietOpt
 OUTTYPES = ("f32", "f16", "bf16")
 
 
-class Progress:
-    """Tensors and bytes on stderr: a bar on a terminal, a line per ~10% otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.count = 0
-        self.next_pct = 10
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, name: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        from llamactl.fsutil import human_bytes
-
-        self.count += 1
-        if output.stderr_is_tty():
-            if self._bar is None:
-                from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TextColumn
-
-                self._bar = Bar(TextColumn("converting"), BarColumn(), DownloadColumn(),
-                                TextColumn("{task.fields[tensor]}"), console=output.stderr_console(),
-                                transient=True)
-                self._bar.start()
-                self._task = self._bar.add_task("convert", total=total, tensor="")
-            self._bar.update(self._task, completed=done, tensor=f"{self.count} tensors  {name}")
-            return
-        pct = 100 * done // max(1, total)
-        if pct >= self.next_pct or done == total:
-            output.info(f"converting: {self.count} tensors, {human_bytes(done)} of {human_bytes(total)} ({pct}%)")
-            self.next_pct = (pct // 10 + 1) * 10
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
 def register(app: Any) -> None:
     @app.command(
         "convert",
@@ -82,7 +44,9 @@ def register(app: Any) -> None:
         target = resolve_output(src, out, outtype)
         if target.exists() and not force:
             raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
-        progress = Progress(quiet or as_json)
+        from llamactl.cli.progress import TensorProgress
+
+        progress = TensorProgress("converting", quiet or as_json, in_bytes=True)
         try:
             result = convert_checkpoint(src, target, outtype=outtype, progress=progress,
                                         **({"name": name} if name else {}))

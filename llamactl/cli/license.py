@@ -1,9 +1,7 @@
-"""`llamactl license list|show|accept|revoke`, and the interactive license prompt that
-`pull` (and everything that pulls: chat, bench, show) uses on a terminal."""
+"""`llamactl license list|show|accept|revoke` (the prompt a pull shows is in cli/fetch.py)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -13,47 +11,6 @@ from llamactl.cli.options import JsonOpt
 
 FamilyArg = Annotated[str, typer.Argument(help="License family: llama2, llama3, llama3.1, "
                                                "llama3.2, llama3.3 or llama4.", show_default=False)]
-
-
-def summary_text(family_id: str) -> str:
-    from llamactl import licenses
-
-    family = licenses.get_family(family_id)
-    lines = [f"{family.title} — in short (llamactl's reading; the license itself is what binds):"]
-    lines += [f"  • {point}" for point in family.summary()]
-    return "\n".join(lines)
-
-
-def _page(text: str) -> None:
-    """Show a long text in the pager when stdout is a terminal; else on stderr."""
-    if output.stdout_is_tty():
-        import pydoc
-
-        pydoc.pager(text)
-    else:
-        sys.stderr.write(text.rstrip("\n") + "\n")
-        sys.stderr.flush()
-
-
-def prompt_accept(family_id: str, texts: list[tuple[str, str]], model: str) -> str | bool:
-    """Show the summary (and the license text in a pager), ask for `yes`. Returns the
-    sha256 of the text shown (True when none was shown), or False."""
-    output.info(f"{model} comes under a Llama license that has not been accepted on this machine.")
-    output.info(summary_text(family_id))
-    digest: str | bool = True
-    if texts:
-        joined = "\n\n".join(f"==> {name} <==\n{text}" for name, text in texts)
-        import hashlib
-
-        digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()
-        output.info(f"The license text from the repository follows ({', '.join(n for n, _ in texts)}).")
-        _page(joined)
-    sys.stderr.write("Type 'yes' to accept it and continue, anything else to stop: ")
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    if answer.strip().lower() == "yes":
-        return digest
-    return False
 
 
 def _list(as_json: bool) -> None:
@@ -83,9 +40,8 @@ def register(app: Any) -> None:
 
     @sub.command("show", help="A license family's summary, links and acceptance record.")
     def show_cmd(family: FamilyArg, as_json: JsonOpt = False) -> None:
-        from llamactl import licenses
-
-        from llamactl import catalog
+        from llamactl import catalog, licenses
+        from llamactl.cli.fetch import summary_text
 
         fam = licenses.get_family(family)
         rec = licenses.records().get(fam.id)
@@ -104,6 +60,7 @@ def register(app: Any) -> None:
     @sub.command("accept", help="Accept a license family (recorded in the config folder).")
     def accept_cmd(family: FamilyArg, as_json: JsonOpt = False) -> None:
         from llamactl import licenses
+        from llamactl.cli.fetch import summary_text
 
         fam = licenses.get_family(family)
         if not as_json:

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from llamactl.cli import output
 from llamactl.cli.options import DryRunOpt, JsonOpt, ModelArg, YesOpt
-
-
-def find_local(ref: str) -> dict[str, Any] | None:
-    """The registry entry a name or reference means, without the network."""
-    from llamactl import registry
-
-    entry = registry.get(ref.strip())
-    if entry is not None:
-        return entry
-    from llamactl import hub, refs
-
-    parsed = refs.parse(ref)
-    return hub.registered_for(parsed)
 
 
 def _list(as_json: bool) -> None:
@@ -41,23 +27,11 @@ def _list(as_json: bool) -> None:
 
 
 def _show(model: str, as_json: bool) -> None:
-    from llamactl import gguf_info, licenses, refs
-    from llamactl.errors import NotFound
+    from llamactl import gguf_info, licenses
+    from llamactl.models.resolve import resolve
 
-    entry = None
-    if refs.looks_like_path(model.strip()) and not model.strip().startswith("hf"):
-        path = Path(model).expanduser()
-    else:
-        entry = find_local(model)
-        if entry is None:
-            parsed = refs.parse(model)
-            if parsed.kind == "path":
-                path = parsed.path  # type: ignore[assignment]
-            else:
-                raise NotFound(f"{model} is not on this machine",
-                               hint=f"pull it first: `llamactl pull {model}`")
-        else:
-            path = Path(entry["path"])
+    local = resolve(model, pull=False)
+    entry, path = local.entry, local.path
     info = gguf_info.read_gguf(path)
     doc = info.to_dict()
     family = (entry or {}).get("license") or licenses.normalize(info.license)
@@ -99,117 +73,38 @@ def _show(model: str, as_json: bool) -> None:
         output.data(f"{'files' if i == 0 else '':<{width}}  {p}")
 
 
-def _rm_plan(entry: dict[str, Any]) -> tuple[list[tuple[Path, int]], list[tuple[Path, list[str]]]]:
-    """(files to delete with sizes, files kept with the entries that still use them)."""
-    from llamactl import paths, registry
-
-    delete: list[tuple[Path, int]] = []
-    keep: list[tuple[Path, list[str]]] = []
-    models_dir = paths.models_dir().resolve()
-    for f in entry.get("files", []):
-        pointer = Path(f["path"])
-        blob = Path(f["blob"]) if f.get("blob") else None
-        users = registry.users_of(str(blob or pointer), exclude=entry["name"])
-        if blob is not None:
-            if users:
-                keep.append((blob, users))
-            elif blob.exists():
-                delete.append((blob, blob.stat().st_size))
-            pointer_users = registry.users_of(str(pointer), exclude=entry["name"])
-            if (pointer.is_symlink() or pointer.exists()) and not pointer_users:
-                delete.append((pointer, 0 if pointer.is_symlink() else pointer.stat().st_size))
-        elif pointer.exists():
-            try:
-                inside = pointer.resolve().is_relative_to(models_dir)
-            except OSError:
-                inside = False
-            if users:
-                keep.append((pointer, users))
-            elif inside:
-                delete.append((pointer, pointer.stat().st_size))
-            else:
-                keep.append((pointer, ["not llamactl's file"]))
-    return delete, keep
-
-
-def _prune_cache_folders(deleted: list[Path]) -> None:
-    """Remove the Hugging Face cache folders a removal left empty: snapshot folders, and a
-    repository folder with no blobs (nor partial downloads) and no snapshots left."""
-    from llamactl import paths
-
-    cache = paths.hf_hub_cache().resolve()
-    repos = set()
-    for p in deleted:
-        try:
-            rel = p.parent.resolve().relative_to(cache)
-        except (ValueError, OSError):
-            continue
-        if not rel.parts or not rel.parts[0].startswith("models--"):
-            continue
-        repo = cache / rel.parts[0]
-        repos.add(repo)
-        folder = p.parent
-        while folder != repo / "snapshots" and folder != repo and folder.is_dir():
-            try:
-                folder.rmdir()  # only when empty
-            except OSError:
-                break
-            folder = folder.parent
-    for repo in repos:
-        blobs = repo / "blobs"
-        snapshots = repo / "snapshots"
-        if (not blobs.exists() or not any(blobs.iterdir())) and \
-                (not snapshots.exists() or not any(snapshots.iterdir())):
-            import shutil
-
-            shutil.rmtree(repo, ignore_errors=True)
-
-
 def _rm(model: str, yes: bool, dry_run: bool, as_json: bool) -> None:
-    from llamactl import registry
-    from llamactl.errors import NotFound, UsageError
+    from llamactl.errors import UsageError
     from llamactl.fsutil import human_bytes
+    from llamactl.models.remove import plan_removal
 
-    entry = find_local(model)
-    if entry is None:
-        raise NotFound(f"{model} is not on this machine", hint="see `llamactl list`")
-    delete, keep = _rm_plan(entry)
-    freed = sum(size for _, size in delete)
-    plan = {"name": entry["name"], "delete": [str(p) for p, _ in delete],
-            "keep": [{"path": str(p), "used_by": u} for p, u in keep], "frees_bytes": freed,
-            "dry_run": dry_run}
+    plan = plan_removal(model)
+    doc = {**plan.to_dict(), "dry_run": dry_run}
     if not as_json:
-        output.info(f"remove {entry['name']}: frees {human_bytes(freed)}")
-        for p, size in delete:
+        output.info(f"remove {plan.name}: frees {human_bytes(plan.frees_bytes)}")
+        for p, size in plan.delete:
             output.info(f"  delete {p}" + (f" ({human_bytes(size)})" if size else ""))
-        for p, users in keep:
-            output.info(f"  keep   {p} (used by {', '.join(users)})")
+        for kept in plan.keep:
+            output.info(f"  keep   {kept.path} (used by {', '.join(kept.used_by)})")
     if dry_run:
         if as_json:
-            output.json_doc(plan)
+            output.json_doc(doc)
         return
     if not yes:
         if not output.stdin_is_tty():
             raise UsageError("refusing to ask for confirmation without a terminal",
-                             hint=f"pass --yes to remove {entry['name']}, or --dry-run to see the plan")
-        sys.stderr.write(f"Remove {entry['name']}? [y/N] ")
+                             hint=f"pass --yes to remove {plan.name}, or --dry-run to see the plan")
+        sys.stderr.write(f"Remove {plan.name}? [y/N] ")
         sys.stderr.flush()
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             output.info("nothing removed")
             raise SystemExit(1)
-    registry.remove(entry["name"])  # first: the registry never names a deleted file
-    for p, _ in delete:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            output.warn(f"could not delete {p}: {exc.strerror or exc}")
-    _prune_cache_folders([p for p, _ in delete])
+    for path, exc in plan.execute():
+        output.warn(f"could not delete {path}: {exc.strerror or exc}")
     if as_json:
-        output.json_doc(plan)
+        output.json_doc(doc)
     else:
-        output.info(f"removed {entry['name']}")
+        output.info(f"removed {plan.name}")
 
 
 def register(app: Any) -> None:

@@ -100,9 +100,9 @@ def register(app: Any) -> None:
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
                          flash_attn=flash_attn, n_batch=batch_size, n_ubatch=ubatch_size)
 
-        from llamactl.cli.pull import ensure_model_file
+        from llamactl.cli.fetch import resolve_model
 
-        path = ensure_model_file(model, accept_license=accept_license, quiet=as_json)
+        path = resolve_model(model, accept_license=accept_license, quiet=as_json).path
         try:
             result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes)
         except offload.DoesNotFit as exc:

@@ -11,47 +11,6 @@ from llamactl.cli import output
 from llamactl.cli.options import DryRunOpt, JsonOpt, QuietOpt, ThreadsOpt
 
 
-class Progress:
-    """Tensors on stderr as llama.cpp starts them: a bar on a terminal, a line per ~10%
-    otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.next_pct = 10
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, name: str, index: int, count: int) -> None:
-        if self.quiet:
-            return
-        if output.stderr_is_tty():
-            if self._bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
-
-                self._bar = Bar(TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[tensor]}"), console=output.stderr_console(),
-                                transient=True)
-                self._bar.start()
-                self._task = self._bar.add_task("quantize", total=count, tensor="")
-            self._bar.update(self._task, completed=index - 1, tensor=name)
-            return
-        pct = 100 * index // max(1, count)
-        if pct >= self.next_pct or index == count:
-            output.info(f"quantizing: tensor {index} of {count} ({name})")
-            self.next_pct = (pct // 10 + 1) * 10
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
-def _is_file_ref(src: str) -> bool:
-    from llamactl.refs import looks_like_path
-
-    return looks_like_path(src) or Path(src).is_file()
-
-
 def register(app: Any) -> None:
     @app.command(
         "quantize",
@@ -84,15 +43,11 @@ def register(app: Any) -> None:
         quiet: QuietOpt = False,
     ) -> None:
         from llamactl import quantize
-        from llamactl.errors import LlamactlError, NotFound, UsageError
+        from llamactl.cli.progress import TensorProgress
+        from llamactl.errors import UsageError
+        from llamactl.models import quantize as models_quantize
 
-        name = quantize.normalize_type(qtype)   # exit 2 before any work
-        if name in quantize.NEEDS_IMATRIX and imatrix is None:
-            raise UsageError(f"{name} needs an importance matrix: llama.cpp refuses it without one",
-                             hint="pass --imatrix FILE (the imatrix published beside the GGUF quants), "
-                                  "or choose Q4_K_M / IQ4_XS")
-        if imatrix is not None and not imatrix.is_file():
-            raise NotFound(f"imatrix file not found: {imatrix}")
+        name = quantize.check_type(qtype, imatrix)   # exit 2 (or 4) before any work
         if out is not None and out.suffix.lower() != ".gguf":
             raise UsageError(f"the output should end in .gguf: {out}")
         split_limit = None
@@ -100,32 +55,16 @@ def register(app: Any) -> None:
             from llamactl.gguf_split import parse_size
 
             split_limit = parse_size(split_max_size)   # exit 2 before any work
-            if not _is_file_ref(src):
-                raise UsageError("--split-max-size applies to .gguf files, not registered models",
-                                 hint="quantize the model's file with -o, then share the parts")
-        progress = Progress(quiet or as_json)
-        options = dict(imatrix=imatrix, allow_requantize=allow_requantize, threads=threads,
-                       leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run,
-                       progress=progress)
-        entry = None
+        target = models_quantize.choose(src, name, output=out, force=force, dry_run=dry_run,
+                                        split=split_limit is not None)
+        progress = TensorProgress("quantizing", quiet or as_json, in_bytes=False)
+        if not quiet and not as_json:
+            output.info(f"quantizing {target.source.path.name if target.is_file else src} to {name} ...")
         try:
-            if _is_file_ref(src):
-                path = Path(src).expanduser()
-                if not path.is_file():
-                    raise NotFound(f"no such file: {path}")
-                target = out or quantize.default_output(path, name)
-                if target.exists() and not force and not dry_run:
-                    raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
-                if not quiet and not as_json:
-                    output.info(f"quantizing {path.name} to {name} ...")
-                result = quantize.quantize_gguf(path, target, name, **options)
-            else:
-                if out is not None:
-                    raise UsageError("-o applies to .gguf files; a registered model's result goes to llamactl's "
-                                     "models folder", hint=f"quantize the file instead: `llamactl show {src}`")
-                if not quiet and not as_json:
-                    output.info(f"quantizing {src} to {name} ...")
-                result, entry = quantize.quantize_registered(src, name, **options)
+            result, entry = models_quantize.run(
+                target, imatrix=imatrix, allow_requantize=allow_requantize, threads=threads,
+                leave_output_tensor=leave_output_tensor, pure=pure, dry_run=dry_run,
+                progress=progress)
         finally:
             progress.close()
 

@@ -3,13 +3,12 @@
 `convert_checkpoint` reads config.json, picks the converter for its `model_type`, and
 writes the GGUF atomically. Architecture modules expose
 `convert(ckpt, out_path, outtype, progress, **options) -> dict` and build on
-llamactl.convert.common. A module listed in ARCHITECTURES that is not installed yet makes
-its model_type unsupported (exit 1, naming what is supported)."""
+llamactl.convert.common. A model_type not in ARCHITECTURES is refused (exit 1, naming what
+is supported)."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,19 +43,8 @@ class ConvertResult:
         return d
 
 
-def _available(model_type: str) -> bool:
-    entry = ARCHITECTURES.get(model_type)
-    if entry is None:
-        return False
-    return importlib.util.find_spec(f"llamactl.convert.{entry[0]}") is not None
-
-
-def supported_model_types() -> list[str]:
-    return [m for m in ARCHITECTURES if _available(m)]
-
-
 def _unsupported(model_type: str) -> LlamactlError:
-    supported = ", ".join(f"{m} ({ARCHITECTURES[m][1]})" for m in supported_model_types())
+    supported = ", ".join(f"{m} ({desc})" for m, (_, desc) in ARCHITECTURES.items())
     what = f"model_type {model_type!r}" if model_type else "a config.json without model_type"
     return LlamactlError(f"cannot convert {what}: supported architectures are {supported}",
                          hint="convert a checkpoint of a supported architecture, or pull a ready GGUF")
@@ -72,7 +60,7 @@ def resolve_output(src_dir: Path, out_path: Path | None, outtype: str | None) ->
     src_dir = Path(src_dir)
     config = common.read_config(src_dir)
     model_type = str(config.get("model_type", ""))
-    if not _available(model_type):
+    if model_type not in ARCHITECTURES:
         raise _unsupported(model_type)
     chosen = outtype.lower() if outtype else common.default_outtype(common.open_checkpoint(src_dir, config))
     name = src_dir.resolve().name or "model"
@@ -89,20 +77,23 @@ def convert_checkpoint(src_dir: Path, out_path: Path, outtype: str | None = None
     `options` go to the architecture's converter (`name=` sets general.name).
     Everything is checked (config, shard headers and sizes, tensor shapes, tokenizer)
     before the output is opened; the output is written to a temporary file and renamed on
-    success, so a failure or Ctrl-C leaves nothing at `out_path`."""
+    success, so a failure or Ctrl-C leaves nothing at `out_path`; the temporary files of
+    conversions killed outright in that folder are deleted first."""
     from llamactl.convert import common
+    from llamactl.fsutil import remove_stale_partials
 
     src_dir = Path(src_dir)
     out_path = Path(out_path)
     config = common.read_config(src_dir)
     model_type = str(config.get("model_type", ""))
-    if not _available(model_type):
+    if model_type not in ARCHITECTURES:
         raise _unsupported(model_type)
     if out_path.exists() and out_path.is_dir():
         raise LlamactlError(f"output path is a folder: {out_path}", hint="pass a file name ending in .gguf")
     module = importlib.import_module(f"llamactl.convert.{ARCHITECTURES[model_type][0]}")
     ckpt = common.open_checkpoint(src_dir, config)
     chosen = common.check_outtype(outtype, ckpt)
+    remove_stale_partials(out_path.parent)   # what conversions killed outright left there
     start = time.monotonic()
     info = module.convert(ckpt, out_path, chosen, progress, **options)
     return ConvertResult(
