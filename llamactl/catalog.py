@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llamactl import paths
-from llamactl.errors import LlamactlError, NotFound
+from llamactl.errors import LlamactlError, NotFound, UsageError
 
 _BUILTIN = Path(__file__).resolve().parent / "data" / "catalog.json"
 USER_FILE = "catalog.json"
@@ -32,6 +32,8 @@ class CatalogEntry:
     params_active: int | None = None
     experts: int | None = None
     context_length: int | None = None
+    draft: str | None = None          # the catalog model `--draft auto` pairs with this one
+    draft_note: str | None = None     # why there is none, when there is none
     source: str = "builtin"  # "builtin" or "user"
 
     def names(self) -> list[str]:
@@ -107,3 +109,17 @@ def get(name: str) -> CatalogEntry:
         raise NotFound(f"unknown model {name!r}",
                        hint=f"known models: {known}; or use hf.co/OWNER/REPO[:TAG] or a .gguf path")
     return entry
+
+
+def draft_for(entry: CatalogEntry) -> CatalogEntry:
+    """The catalog's draft model for `entry` (what `--draft auto` uses): a smaller model
+    sharing its vocabulary. UsageError (exit 2) saying why when there is none."""
+    if entry.draft:
+        found = find(entry.draft)
+        if found is not None:
+            return found
+        raise UsageError(f"the catalog pairs {entry.name} with draft {entry.draft!r}, which it does not know",
+                         hint="fix the catalog entry, or give --draft MODEL")
+    reason = entry.draft_note or f"the catalog knows no draft model for {entry.name}"
+    raise UsageError(f"--draft auto: {reason}",
+                     hint="run without --draft, or give --draft MODEL (it must share the vocabulary)")
