@@ -95,7 +95,7 @@ def register(app) -> None:
             conv.system = system or None
         message = None
         if not interactive and not dry_run:
-            from llamactl.chat.oneshot import read_input
+            from llamactl.cli.oneshot import read_input
 
             message = read_input(prompt, None if output.stdin_is_tty() else sys.stdin)
 
@@ -127,11 +127,11 @@ def register(app) -> None:
                 output.warn(warning)
         try:
             if interactive:
-                from llamactl.chat.repl import run_repl
+                from llamactl.cli.repl import run_repl
 
                 code = run_repl(engine, conv, sampling, model_name=model)
                 raise typer.Exit(code)
-            from llamactl.chat.oneshot import run_oneshot
+            from llamactl.cli.oneshot import run_oneshot
 
             try:
                 doc = run_oneshot(engine, conv, message, sampling, model_name=model,

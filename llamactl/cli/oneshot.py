@@ -10,6 +10,7 @@ import sys
 from typing import IO
 
 from llamactl.chat.conversation import Conversation, answer_reserve, fit_to_context
+from llamactl.cli import output
 from llamactl.engine import Engine, Piece, Sampling, Stats
 from llamactl.errors import UsageError
 
@@ -118,7 +119,5 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
     if writer is not None:
         writer.end()
     else:
-        from llamactl.cli import output
-
         output.json_doc(doc)
     return doc
