@@ -40,12 +40,12 @@ class Baseline:
     """The smallest correct decode loop on llama.cpp's C API."""
 
     def __init__(self, model_path: Path, *, n_ctx: int, n_batch: int, n_ubatch: int,
-                 n_threads: int, n_threads_batch: int, load_mode: int):
+                 n_threads: int, n_threads_batch: int, load_mode: int, n_gpu_layers: int = 0):
         import llama_cpp as L
 
         self.L = L
         mparams = L.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = n_gpu_layers
         mparams.load_mode = load_mode
         self.model = L.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:
@@ -113,7 +113,7 @@ class Baseline:
 
 
 def compare(model: Path, *, threads: int, reps: int, n_prompt: int, n_gen: int,
-            clock: str, log=print) -> dict:
+            clock: str, log=print, gpu_layers: int = 0) -> dict:
     """Interleaved repetitions of pp and tg on both sides; per-side wall and CPU seconds."""
     from llamactl import bench
     from llamactl.engine import Engine, EngineOptions
@@ -122,11 +122,12 @@ def compare(model: Path, *, threads: int, reps: int, n_prompt: int, n_gen: int,
     pp_test = bench.TestSpec(n_prompt=n_prompt)
     tg_test = bench.TestSpec(n_gen=n_gen)
     n_ctx = bench.default_ctx([pp_test, tg_test])
-    engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=n_ctx, gpu_layers=0, threads=threads)))
+    engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=n_ctx, gpu_layers=gpu_layers, threads=threads)))
     cp = engine.llama.context_params
     base = Baseline(model, n_ctx=cp.n_ctx, n_batch=cp.n_batch, n_ubatch=cp.n_ubatch,
                     n_threads=cp.n_threads, n_threads_batch=cp.n_threads_batch,
-                    load_mode=engine.llama.model_params.load_mode)
+                    load_mode=engine.llama.model_params.load_mode,
+                    n_gpu_layers=engine.llama.model_params.n_gpu_layers)
     rng = random.Random(7)
     n_vocab = base.n_vocab
 
@@ -195,6 +196,8 @@ def main() -> int:
                     help="which clock the headline ratio uses (both are reported)")
     ap.add_argument("--probe-reps", type=int, default=20,
                     help="repetitions of the overhead probe on a near-zero-compute model (0: skip)")
+    ap.add_argument("-ngl", "--gpu-layers", type=int, default=0,
+                    help="layers on the GPU for both sides (default 0; 999: all)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -213,9 +216,10 @@ def main() -> int:
         log(f"built {model.name} ({model.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
 
     results = compare(model, threads=a.threads, reps=a.reps, n_prompt=a.p, n_gen=a.n,
-                      clock=a.clock, log=log)
+                      clock=a.clock, log=log, gpu_layers=a.gpu_layers)
     doc = {"model": str(model if a.model else "synthetic Llama-shaped Q8_0 (hidden 1024, 16 layers, vocab 32000)"),
-           "model_bytes": model.stat().st_size, "clock": a.clock, "reps": a.reps, **results}
+           "model_bytes": model.stat().st_size, "clock": a.clock, "reps": a.reps,
+           "gpu_layers": a.gpu_layers, **results}
 
     if a.probe_reps:
         # The engine's own cost, measured where llama.cpp's compute is nearly nothing: a model
@@ -226,7 +230,7 @@ def main() -> int:
         build_llama_gguf(probe, hidden=64, layers=2, ffn=256, heads=4, kv_heads=2, qtype="F32")
         log("overhead probe (near-zero compute, same vocabulary):")
         pr = compare(probe, threads=a.threads, reps=a.probe_reps, n_prompt=a.p, n_gen=a.n,
-                     clock="cpu", log=log)
+                     clock="cpu", log=log, gpu_layers=a.gpu_layers)
         doc["probe"] = {}
         for kind in ("pp", "tg"):
             extra = pr[kind]["cpu"]["extra_seconds_median_paired"]

@@ -7,7 +7,7 @@ and report what llama.cpp said about memory, as one JSON document on stdout.
 Run it in its own process: it installs a llama.cpp log callback that captures every line
 (debug included), which is how tests see "tensor ... buffer type overridden to CPU" and the
 KV cache and buffer sizes llama.cpp allocates. Used by tests/test_offload_llama.py,
-tests/test_overrides.py and benchmarks/gpu_check.sh."""
+tests/test_overrides.py and benchmarks/gpu/check.py."""
 
 from __future__ import annotations
 

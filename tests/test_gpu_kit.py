@@ -1,0 +1,182 @@
+"""The GPU check's kit and its dry run (benchmarks/gpu/): what travels to the offline GPU
+machine, and the check itself exercised end to end on this machine's CPU build.
+
+- The trimming and size rules run on a small local sdist of the real layout (no network).
+- With the package index reachable (CI), benchmarks/gpu/prepare.sh gathers the real kit
+  once per session (the pinned sdist, ~77 MB, is downloaded by pip unless
+  LLAMACTL_GPUKIT_CACHE already holds it) and benchmarks/gpu/run.sh --dry-run runs on it:
+  toy widths of the four models, the installed CPU llama-cpp-python. Without the index
+  those two tests are skipped, saying so."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GPU = REPO / "benchmarks" / "gpu"
+sys.path.insert(0, str(GPU))
+
+import kit as kitmod  # noqa: E402
+
+TOP = "llama_cpp_python-0.3.36"
+V = "vendor/llama.cpp/"
+
+
+def _sdist(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"{TOP}/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+KEEP = kitmod.REQUIRED + [
+    V + "ggml/src/ggml-cuda/template-instances/fattn-vec-f16.cu", V + "ggml/src/ggml-cpu/ops.cpp",
+    V + "ggml/src/ggml.c", V + "models/templates/llama3.jinja", V + "tools/mtmd/clip.cpp",
+    V + "tools/CMakeLists.txt", V + "vendor/miniaudio/miniaudio.h", V + "cmake/common.cmake",
+]
+DROP = [
+    V + "models/ggml-vocab-llama-bpe.gguf", V + "models/ggml-vocab-llama-bpe.gguf.out",
+    V + "tools/ui/dist/index.html", V + "tools/server/server.cpp", V + "tools/llama-bench/llama-bench.cpp",
+    V + "docs/build.md", "docs/index.md", V + "ggml/src/ggml-vulkan/ggml-vulkan.cpp",
+    V + "ggml/src/ggml-metal/ggml-metal.m", V + "ggml/src/ggml-sycl/ggml-sycl.cpp",
+    V + "ggml/src/ggml-rpc/ggml-rpc.cpp", V + "ggml/src/ggml-hip/CMakeLists.txt",
+    ".git/objects/pack/pack-1.pack", V + "tests/test-backend-ops.cpp", V + "tools/mtmd/test-1.jpeg",
+]
+
+
+def test_trimming_keeps_the_cpu_and_cuda_build_and_drops_the_rest(tmp_path):
+    members = {n: b"keep" for n in KEEP}
+    members.update({n: os.urandom(4096) for n in DROP})
+    src = _sdist(tmp_path / f"{TOP}.tar.gz", members)
+    out = tmp_path / "kit" / "src" / f"{TOP}.tar.gz"
+    stats = kitmod.trim_sdist(src, out)
+    with tarfile.open(out) as t:
+        names = {m.name.split("/", 1)[1] for m in t.getmembers()}
+    assert names == set(KEEP)
+    assert stats["removed_files"] == len(DROP) and stats["removed_bytes"] == 4096 * len(DROP)
+    assert stats["kept_files"] == len(KEEP)
+    assert "vendor/llama.cpp/models/ggml-vocab-*" in stats["removed_by"]
+
+
+def test_a_source_without_the_cuda_backend_is_refused(tmp_path):
+    members = {n: b"x" for n in KEEP if "ggml-cuda" not in n}
+    src = _sdist(tmp_path / f"{TOP}.tar.gz", members)
+    out = tmp_path / "kit" / "src" / f"{TOP}.tar.gz"
+    with pytest.raises(kitmod.KitError, match="ggml-cuda"):
+        kitmod.trim_sdist(src, out)
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_the_size_limit_fails_loudly_naming_the_largest_file(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.tar.gz").write_bytes(os.urandom(3 << 20))
+    (tmp_path / "small.json").write_text("{}")
+    assert kitmod.check_size(tmp_path, max_mib=4) >= 3 << 20
+    with pytest.raises(kitmod.KitError, match=r"3\.0 MiB, over the 2 MiB limit.*src/big\.tar\.gz"):
+        kitmod.check_size(tmp_path, max_mib=2)
+
+
+def test_the_wheels_that_travel_are_what_the_gpu_machine_lacks():
+    need = kitmod.wheels_needed()
+    # llamactl's and llama-cpp-python's requirements missing from the GPU image, and theirs
+    assert {"gguf", "diskcache", "platformdirs", "prompt-toolkit", "wcwidth"} <= set(need)
+    assert not set(need) & kitmod.GPU_HAS
+    assert "numpy" not in need and "torch" not in need and "llama-cpp-python" not in need
+    import importlib.metadata
+
+    assert need["gguf"] == importlib.metadata.version("gguf")      # pinned to what the tests use
+
+
+def _index_reachable() -> bool:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                               "--quiet", "-d", str(Path(os.environ.get("TMPDIR", "/tmp")) / "gpukit-probe"),
+                               "diskcache==5.6.3"], capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def real_kit(tmp_path_factory):
+    if not _index_reachable():
+        pytest.skip("the package index cannot be reached: the real kit is not prepared "
+                    "(the trimming and size rules are tested on a local sdist above)")
+    kit = tmp_path_factory.mktemp("gpukit") / "kit"
+    proc = subprocess.run(["bash", str(GPU / "prepare.sh"), str(kit)], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return kit, proc
+
+
+@pytest.mark.slow
+def test_prepare_writes_a_trimmed_kit_under_48_mib(real_kit):
+    kit, proc = real_kit
+    m = re.search(r"kit: .*?([\d.]+) MiB \(limit 48 MiB\)", proc.stdout)
+    assert m, proc.stdout
+    manifest = json.loads((kit / "manifest.json").read_text())
+    assert manifest["total_bytes"] <= 48 << 20
+    assert abs(float(m.group(1)) - manifest["total_bytes"] / 2**20) < 0.1
+    assert manifest["sdist"]["sha256"] == kitmod.SDIST_SHA256
+    with tarfile.open(kit / manifest["source"]["path"]) as t:
+        names = [n.split("/", 1)[1] for n in t.getnames() if "/" in n]
+    assert not [n for n in names if "ggml-vocab" in n or n.startswith((V + "tools/ui/", V + "docs/", ".git/"))]
+    assert not [n for n in names if re.match(r"vendor/llama\.cpp/ggml/src/ggml-(vulkan|metal|sycl|opencl)/", n)]
+    assert any(n.startswith(V + "ggml/src/ggml-cuda/") and n.endswith(".cu") for n in names)
+    wheels = {p.name.split("-")[0].lower() for p in (kit / "wheels").glob("*.whl")}
+    assert {"llamactl", "gguf", "diskcache", "platformdirs", "prompt_toolkit", "wcwidth"} <= wheels
+    # the wheels are for the GPU machine's CPython 3.12 on x86-64 Linux (or pure Python)
+    for p in (kit / "wheels").glob("*.whl"):
+        assert p.name.endswith("-none-any.whl") or "x86_64" in p.name, p.name
+
+
+@pytest.mark.slow
+def test_the_dry_run_exercises_every_phase_on_the_cpu(real_kit, tmp_path):
+    kit, _ = real_kit
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPUKIT_WORK=str(tmp_path / "work"))
+    proc = subprocess.run(["bash", str(GPU / "run.sh"), str(kit), str(out), "--dry-run"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["dry_run"] and doc["ok"] and "aborted" not in doc
+    phases = [p["phase"] for p in doc["phases"]]
+    for name in ("preflight", "unpack", "install", "doctor", "llama3.2-1b: plan vs llama.cpp",
+                 "llama3.2-3b: bench pp512/tg128", "engine overhead (1B, on the GPU)",
+                 "llama4-scout: planned and run for a 24 GiB card", "delete Scout",
+                 "llama3.3-70b: bench pp512/tg128"):
+        assert name in phases, phases
+    assert all(p["ok"] for p in doc["phases"]), doc["phases"]
+    # every phase printed with a UTC timestamp and the time since the start
+    assert len(re.findall(r"^\[gpucheck \d\d:\d\d:\d\dZ \+\d\d:\d\d\] >> ", proc.stderr, re.M)) == len(phases)
+    # the installed kit, not this checkout, was what ran
+    install = next(p for p in doc["phases"] if p["phase"] == "install")
+    assert install["llamactl"].startswith(str(tmp_path / "work" / "site"))
+    # the trimmed source configures (when this machine has cmake)
+    build = next(p for p in doc["phases"] if p["phase"].startswith("build"))
+    assert build["configure"] in ("ok", "skipped: no cmake on PATH")
+    for key in ("llama3.2-1b", "llama3.2-3b", "llama4-scout", "llama3.3-70b"):
+        m = doc["models"][key]
+        assert m["bench"]["pp512"]["tps"] > 0 and m["bench"]["tg128"]["weight_bytes_per_s"] > 0
+        row = m["plan_vs_measured"][0]
+        assert row["generated_tokens"] == 16
+        assert abs(row["plan_cpu_weights_mib"] - row["llama_cpu_model_mib"]) < 0.05
+    card = doc["models"]["llama4-scout"]["card_24gib"]
+    assert card["plan_expert_layers_on_cpu"] > 0 and card["override_names_ok"] and card["overridden"] > 0
+    assert {"pp", "tg"} <= set(doc["engine_overhead"])
+    assert doc["cuda_measured"]["cuda_overhead_bytes"] is None   # nothing measured without a GPU
+    md = (out / "results.md").read_text()
+    assert "DRY RUN" in md and md.count("| llama") >= 5
+    assert json.loads((out / "doctor.json").read_text())
+    assert not list((tmp_path / "work" / "models").glob("*.gguf"))   # models deleted after use
