@@ -201,7 +201,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from llamactl import bench
+    from llamactl import bench, machine
     from synth_gguf import build_llama_gguf
 
     def log(msg: str) -> None:
@@ -241,7 +241,7 @@ def main() -> int:
                 "derived_ratio": base_s / (base_s + max(extra, 0.0)),
             }
     tmp.cleanup()
-    doc["machine"] = bench.machine_info()
+    doc["machine"] = machine.machine_info()
     if a.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from llamactl import bench
+    from llamactl import bench, machine
     from llamactl.engine import Engine, EngineOptions
     from llamactl.load import LoadSpec
 
@@ -111,7 +111,7 @@ def main() -> int:
         "tg_bytes_per_s_mean": per_token * tps_mean, "tg_bytes_per_s_best": per_token * tps_best,
         "copy_bytes_per_s_mean": bw_mean, "copy_bytes_per_s_best": bw_best,
         "fraction_mean": per_token * tps_mean / bw_mean, "fraction_best": per_token * tps_best / bw_best,
-        "machine": bench.machine_info(),
+        "machine": machine.machine_info(),
     }
     if tmp is not None:
         tmp.cleanup()

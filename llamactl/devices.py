@@ -1,5 +1,7 @@
 """What memory this machine has: NVIDIA GPUs (NVML through ctypes, else `nvidia-smi`), the
-devices ggml (llama.cpp) sees, and system RAM. Returns data; never prints.
+devices ggml (llama.cpp) sees (the one enumeration of them), and system RAM (the one
+/proc/meminfo reader). Returns data; never prints. `llamactl.machine` describes the rest of
+the machine (CPU, builds, versions) for `doctor` and `bench`.
 
 Nothing here needs a GPU or a CUDA toolkit: each probe fails quietly to "none found".
 LLAMACTL_FAKE_GPUS (tests) replaces the NVIDIA probe: "NAME:TOTAL_MIB:FREE_MIB[,...]"."""
@@ -11,7 +13,6 @@ import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -169,9 +170,16 @@ def nvidia_gpus() -> tuple[list[GpuInfo], str]:
 _GGML_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
-def ggml_devices() -> list[GgmlDevice]:
-    """The backend devices of the installed llama.cpp build (imports llama_cpp)."""
-    import llama_cpp  # noqa: F401  (loads and registers the backends)
+_GGML_TYPED: dict[str, Any] = {}
+
+
+def ggml_lib() -> Any:
+    """ggml's library handle from the bindings (`llama_cpp._ggml.libggml`; imports llama_cpp,
+    which loads and registers the backends), with the argument and result types of the
+    device functions set once."""
+    if "lib" in _GGML_TYPED:
+        return _GGML_TYPED["lib"]
+    import llama_cpp  # noqa: F401
     from llama_cpp._ggml import libggml as g
 
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
@@ -186,6 +194,20 @@ def ggml_devices() -> list[GgmlDevice]:
     g.ggml_backend_dev_type.argtypes = [vp]
     g.ggml_backend_dev_memory.restype = None
     g.ggml_backend_dev_memory.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+    for name in ("ggml_version", "ggml_commit"):
+        fn = getattr(g, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            fn.argtypes = []
+    _GGML_TYPED["lib"] = g
+    return g
+
+
+def ggml_devices() -> list[GgmlDevice]:
+    """The backend devices of the installed llama.cpp build (imports llama_cpp), with the
+    free and total memory ggml reports for each."""
+    g = ggml_lib()
+    sz = ctypes.c_size_t
     out = []
     for i in range(g.ggml_backend_dev_count()):
         dev = g.ggml_backend_dev_get(i)
@@ -210,23 +232,29 @@ def supports_gpu_offload() -> bool:
 
 # --- system RAM -------------------------------------------------------------------------
 
+def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """Linux's /proc/meminfo in bytes ({"MemTotal": ..., "MemAvailable": ...}); {} elsewhere."""
+    out: dict[str, int] = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
+                    out[key.strip()] = int(parts[0]) * scale
+    except OSError:
+        pass
+    return out
+
+
 def system_memory() -> SystemMemory:
+    """Total and available RAM: /proc/meminfo, else sysconf (LLAMACTL_FAKE_RAM_MIB in tests)."""
     fake = os.environ.get("LLAMACTL_FAKE_RAM_MIB")
     if fake:
         return SystemMemory(int(fake) * MIB, int(fake) * MIB)
-    total = avail = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemAvailable"):
-                    value = int(rest.split()[0]) * 1024
-                    if key == "MemTotal":
-                        total = value
-                    else:
-                        avail = value
-    except OSError:
-        pass
+    info = meminfo()
+    total, avail = info.get("MemTotal"), info.get("MemAvailable")
     if total is None:
         try:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -248,97 +276,3 @@ def detect(use_ggml: bool = True) -> Devices:
         gpus = [GpuInfo(i, f"{d.name} ({d.description})", d.total, d.free, "ggml") for i, d in enumerate(devs)]
         source = "ggml" if gpus else "none"
     return Devices(gpus=gpus, ram=system_memory(), gpu_source=source)
-
-
-# --- the machine report (`llamactl doctor`) ---------------------------------------------
-
-CUDA_REINSTALL = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
-                  '"llama-cpp-python>=0.3.36,<0.4"')
-PORTABLE_REINSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir '
-                      '"llama-cpp-python>=0.3.36,<0.4"')
-
-
-def cpu_flags() -> set[str]:
-    fake = os.environ.get("LLAMACTL_FAKE_CPU_FLAGS")
-    if fake is not None:
-        return set(fake.split())
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
-
-
-def amx_warning(flags: set[str], system_info: str) -> str | None:
-    """The FIELD-NOTES problem: a CPU that advertises AMX, and a build that uses AMX
-    kernels, can die with SIGILL on quantized models on some virtual machines."""
-    if not any(f.startswith("amx") for f in flags):
-        return None
-    if "AMX" not in system_info.upper():
-        return None
-    return ("this CPU advertises AMX and this llama.cpp build uses AMX kernels: on some virtual "
-            "machines quantized models (Q8_0, Q4_K_M) then crash with SIGILL (exit 132); if they "
-            "do, reinstall a portable build")
-
-
-def machine_report() -> dict[str, Any]:
-    """Everything `doctor` shows, as data."""
-    import platform
-    import sys
-    from importlib import metadata
-
-    from llamactl import __version__, paths
-    from llamactl.fsutil import free_bytes
-
-    report: dict[str, Any] = {
-        "versions": {"python": platform.python_version(), "llamactl": __version__},
-        "problems": [],
-    }
-    try:
-        report["versions"]["llama_cpp_python"] = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        report["versions"]["llama_cpp_python"] = None
-    offload = False
-    system_info = ""
-    ggml: list[GgmlDevice] = []
-    try:
-        import llama_cpp
-
-        offload = bool(llama_cpp.llama_supports_gpu_offload())
-        raw = llama_cpp.llama_print_system_info()
-        system_info = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
-        ggml = ggml_devices()
-    except Exception as exc:  # report a broken install instead of dying
-        report["problems"].append({"level": "error", "message": f"llama_cpp does not load: {exc}",
-                                   "command": 'pip install --force-reinstall "llama-cpp-python>=0.3.36,<0.4"'})
-    report["llama_cpp"] = {"system_info": system_info, "gpu_offload": offload,
-                           "devices": [d.to_dict() for d in ggml]}
-    gpus, source = nvidia_gpus()
-    ggml_gpus = [d for d in ggml if d.kind in ("gpu", "igpu")]
-    report["nvidia"] = {"source": source, "driver": next((g.driver for g in gpus if g.driver), None),
-                        "gpus": [dict(g.to_dict(), usable=bool(offload and ggml_gpus)) for g in gpus]}
-    ram = system_memory()
-    report["ram"] = {"total": ram.total, "available": ram.available}
-    all_paths = paths.all_paths()
-    report["paths"] = all_paths
-    disk = {}
-    for key in ("models", "hf_hub_cache"):
-        try:
-            disk[key] = {"path": all_paths[key], "free": free_bytes(Path(all_paths[key]))}
-        except OSError:
-            disk[key] = {"path": all_paths[key], "free": None}
-    report["disk"] = disk
-    report["python_executable"] = sys.executable
-    if gpus and not offload:
-        report["problems"].append({
-            "level": "warning",
-            "message": f"{len(gpus)} NVIDIA GPU(s) found, but this llama-cpp-python build is CPU-only",
-            "command": CUDA_REINSTALL,
-        })
-    amx = amx_warning(cpu_flags(), system_info)
-    if amx:
-        report["problems"].append({"level": "warning", "message": amx, "command": PORTABLE_REINSTALL})
-    return report

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llamactl.errors import IntegrityError, NotFound
+from llamactl.gguf_split import split_parts
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -87,9 +87,6 @@ SKIPPED_ARRAYS = frozenset({
     "tokenizer.ggml.merges",
 })
 MAX_LOADED_ARRAY = 4096
-
-_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
 
 @dataclass
 class TensorInfo:
@@ -330,16 +327,6 @@ def _read_part(path: Path) -> tuple[int, dict[str, Any], dict[str, int], list[Te
         raise IntegrityError(f"{path} is truncated: its tensors need {end} bytes, "
                              f"the file has {size}", hint="download or convert it again")
     return version, metadata, lengths, tensors, size
-
-
-def split_parts(path: Path) -> list[Path]:
-    """Every part of a split GGUF (from its file name), or [path] for a single file."""
-    m = _SPLIT_RE.match(path.name)
-    if not m:
-        return [path]
-    count = int(m.group("count"))
-    stem = m.group("stem")
-    return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
 def read_gguf(path: Path | str) -> GGUFInfo:

@@ -20,12 +20,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from llamactl import load
 from llamactl.errors import IntegrityError, NotFound, UsageError
 
-SPLIT_SUFFIX = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+# The one pattern of llama.cpp's split names: STEM-00001-of-00003.gguf (STEM may hold a
+# folder: "dir/model-00002-of-00003.gguf" gives the stem "dir/model").
+SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})(?P<ext>\.gguf)$", re.IGNORECASE)
 HUB_FILE_LIMIT = 50 * 10**9
 COPY_CHUNK = 16 * 2**20
 
@@ -39,11 +41,49 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+class SplitName(NamedTuple):
+    stem: str      # the name without -0000K-of-0000N.gguf
+    no: int        # 1-based part number
+    count: int
+    ext: str = ".gguf"
+
+
+def parse_split_name(name: str) -> SplitName | None:
+    """SplitName for a split part's file name (or path text), None for any other name."""
+    m = SPLIT_RE.match(name)
+    if not m:
+        return None
+    return SplitName(m.group("stem"), int(m.group("no")), int(m.group("count")), m.group("ext"))
+
+
+def part_name(stem: str, no: int, count: int, ext: str = ".gguf") -> str:
+    """llama.cpp's name of part `no` (1-based) of `count`."""
+    return f"{stem}-{no:05d}-of-{count:05d}{ext}"
+
+
+def split_parts(path: Path) -> list[Path]:
+    """Every part of a split GGUF (from its file name), or [path] for a single file."""
+    path = Path(path)
+    split = parse_split_name(path.name)
+    if split is None:
+        return [path]
+    return [path.with_name(part_name(split.stem, i, split.count, split.ext))
+            for i in range(1, split.count + 1)]
+
+
+def unsplit_stem(name: str) -> str:
+    """A file name's stem without a split suffix: 'm-00001-of-00002.gguf' and 'm.gguf' -> 'm'."""
+    split = parse_split_name(name)
+    if split is not None:
+        return split.stem
+    return name[:-5] if name.lower().endswith(".gguf") else name
+
+
 def part_paths(out: Path, count: int) -> list[Path]:
     """`model.gguf` -> [`model-00001-of-0000N.gguf`, ...] (llama.cpp's naming)."""
     out = Path(out)
     stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
-    return [out.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    return [out.with_name(part_name(stem, i, count)) for i in range(1, count + 1)]
 
 
 def _copy_fields(reader, writer) -> None:
@@ -73,7 +113,7 @@ def split_gguf(src: Path, out: Path, max_size: int | str,
     limit = parse_size(max_size)
     if not src.is_file():
         raise NotFound(f"GGUF file not found: {src}")
-    if SPLIT_SUFFIX.search(src.name):
+    if parse_split_name(src.name) is not None:
         raise UsageError(f"{src.name} is already a split part", hint="split a single-file GGUF")
     if out.is_dir():
         raise UsageError(f"output path is a folder: {out}", hint="pass a file name ending in .gguf")

@@ -193,7 +193,9 @@ def test_history_is_empty_without_a_file():
 
 
 def test_machine_details_name_cpu_build_and_version():
-    info = bench.machine_info()
+    from llamactl.machine import machine_info
+
+    info = machine_info()
     from llamactl import __version__
 
     assert info["llamactl_version"] == __version__

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from llamactl import devices
+from llamactl import devices, machine
 
 
 def test_doctor_json_reports_this_machine(cli):
@@ -34,11 +34,11 @@ def test_doctor_prints_cuda_reinstall_for_gpu_without_cuda_build(cli):
     proc = cli("doctor", env=env)
     assert proc.returncode == 0, proc.err
     assert "NVIDIA H100 80GB HBM3" in proc.out and "usable by this build: no" in proc.out
-    assert devices.CUDA_REINSTALL in proc.err
+    assert machine.CUDA_REINSTALL in proc.err
     assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in proc.err and "--no-cache-dir" in proc.err
     doc = json.loads(cli("doctor", "--json", env=env).out)
     assert doc["nvidia"]["gpus"][0]["total"] == 81559 * 1024 * 1024
-    assert doc["problems"][0]["command"] == devices.CUDA_REINSTALL
+    assert doc["problems"][0]["command"] == machine.CUDA_REINSTALL
 
 
 def test_no_reinstall_advice_without_gpu(cli):
@@ -48,9 +48,9 @@ def test_no_reinstall_advice_without_gpu(cli):
 
 
 def test_amx_warning():
-    assert devices.amx_warning({"avx2"}, "CPU : AMX_INT8 = 1") is None
-    assert devices.amx_warning({"amx_tile", "amx_int8"}, "CPU : AVX2 = 1") is None
-    assert "SIGILL" in devices.amx_warning({"amx_tile"}, "CPU : AVX512 = 1 | AMX_INT8 = 1 |")
+    assert machine.amx_warning({"avx2"}, "CPU : AMX_INT8 = 1") is None
+    assert machine.amx_warning({"amx_tile", "amx_int8"}, "CPU : AVX2 = 1") is None
+    assert "SIGILL" in machine.amx_warning({"amx_tile"}, "CPU : AVX512 = 1 | AMX_INT8 = 1 |")
 
 
 def test_nvidia_smi_parsing():

@@ -223,6 +223,7 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log on stderr.")] = False,
     ) -> None:
         from llamactl import bench as core
+        from llamactl.machine import machine_info
         from llamactl.cli import output
 
         # ---- check every flag before any slow work
@@ -282,7 +283,7 @@ def register(app: typer.Typer) -> None:
 
         progress = None if quiet else output.note
         resolve = _resolver(accept_license, quiet)
-        machine = core.machine_info()
+        machine = machine_info()
         results: list[core.BenchRow] = []
         rows: list[dict] = []
         first_error: core.BenchRow | None = None

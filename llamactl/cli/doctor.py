@@ -20,6 +20,8 @@ def render(report: dict[str, Any]) -> list[str]:
         f"llamactl           {v['llamactl']}",
         f"llama-cpp-python   {v.get('llama_cpp_python') or 'not installed'}",
         f"llama.cpp system   {lc['system_info'] or 'unknown'}",
+        f"ggml build         {lc.get('ggml_version') or 'unknown'} ({lc.get('ggml_commit') or 'unknown'})",
+        f"CPU                {report['cpu']['model']}, {report['cpu']['cores_logical']} logical cores",
         f"GPU offload        {'yes' if lc['gpu_offload'] else 'no (CPU-only build)'}",
         "",
         "devices llama.cpp sees:",
@@ -56,10 +58,10 @@ def register(app: Any) -> None:
     @app.command("doctor", help="Check this machine: versions, GPU support, devices and their "
                                 "memory, disk, paths.")
     def doctor_cmd(as_json: JsonOpt = False) -> None:
-        from llamactl import devices
+        from llamactl import machine
         from llamactl.cli import output
 
-        report = devices.machine_report()
+        report = machine.machine_report()
         if as_json:
             output.json_doc(report)
         else:

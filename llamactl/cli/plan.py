@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt,
                                   JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
+
+if TYPE_CHECKING:
+    from llamactl.offload import Plan
 
 
 def _row(label: str, gpu: int | str, cpu: int | str) -> str:
@@ -33,7 +34,7 @@ def _layers_text(layers: list[int]) -> str:
     return ", ".join(runs)
 
 
-def render(plan: Any, model_ref: str) -> list[str]:
+def render(plan: "Plan", model_ref: str) -> list[str]:
     from pathlib import Path
 
     from llamactl.fsutil import human_bytes

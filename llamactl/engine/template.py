@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any
 
 from llamactl.errors import LlamactlError
 
