@@ -107,10 +107,10 @@ def check_type(qtype: str, imatrix: Path | None = None) -> str:
 def default_output(src: Path, qtype: str) -> Path:
     """model-f16.gguf + Q4_K_M -> model-Q4_K_M.gguf (a float-type suffix is replaced);
     split inputs drop the -00001-of-0000N part."""
-    from llamactl.gguf_split import SPLIT_SUFFIX
+    from llamactl.gguf_split import parse_split_name
 
-    split = SPLIT_SUFFIX.search(src.name)
-    stem = src.name[:split.start()] if split else src.stem
+    split = parse_split_name(src.name)
+    stem = split.stem if split else src.stem
     stem = re.sub(r"[-.](f32|f16|bf16|F32|F16|BF16)$", "", stem)
     return src.with_name(f"{stem}-{qtype}.gguf")
 

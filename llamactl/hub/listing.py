@@ -26,12 +26,10 @@ LICENSE_FILE_RE = re.compile(r"^(license|licence|use_policy)([._-].*)?$", re.I)
 
 def split_parts(filename: str) -> tuple[str, int, int] | None:
     """("dir/base", part, total) for a split GGUF part name, else None."""
-    from llamactl.gguf_split import SPLIT_SUFFIX
+    from llamactl.gguf_split import parse_split_name
 
-    m = SPLIT_SUFFIX.search(filename)
-    if not m:
-        return None
-    return filename[:m.start()], int(m.group(1)), int(m.group(2))
+    split = parse_split_name(filename)
+    return None if split is None else (split.stem, split.no, split.count)
 
 
 def quant_of(filename: str) -> str | None:
