@@ -75,16 +75,18 @@ def test_verb_help_is_the_same_when_only_that_verb_is_built(verb):
     assert f"Usage: llamactl {verb}" in lazy.output
 
 
-def test_ctrl_c_inside_a_verb_exits_130(monkeypatch, capsys):
-    from llamactl import registry
+@pytest.mark.parametrize("argv", [["list"], ["license", "list"]])
+def test_ctrl_c_inside_a_verb_exits_130(argv, monkeypatch, capsys):
+    from llamactl import licenses, registry
     from llamactl.cli.app import main
 
     def interrupted():
         raise KeyboardInterrupt
 
     monkeypatch.setattr(registry, "entries", interrupted)
+    monkeypatch.setattr(licenses, "records", interrupted)
     with pytest.raises(SystemExit) as exit_:
-        main(["list"])
+        main(argv)
     assert exit_.value.code == 130
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -97,9 +97,10 @@ def _summary() -> None:
 class _Registrar:
     """What each verb module's `register()` receives. The verb `full` (ALL: every verb) is
     registered in full, with Ctrl-C inside it becoming exit 130; any other verb only by
-    its name and help, so that the top-level help still lists it."""
+    its name and help, so that the top-level help still lists it. Without an app (a group
+    that this command line does not invoke) it registers nothing."""
 
-    def __init__(self, typer_app: typer.Typer, full: str | None):
+    def __init__(self, typer_app: typer.Typer | None, full: str | None):
         self._app = typer_app
         self._full = full
 
@@ -107,6 +108,8 @@ class _Registrar:
         return self._full == ALL or self._full == name
 
     def command(self, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if self._app is None:
+            return lambda fn: fn
         if not self._wanted(name):
             self._app.command(name, **kwargs)(_summary)
             return lambda fn: fn
@@ -118,11 +121,15 @@ class _Registrar:
 
         return decorate
 
-    def add_typer(self, sub: typer.Typer, *, name: str, help: str, **kwargs: Any) -> None:
-        if self._wanted(name):
-            self._app.add_typer(sub, name=name, help=help, **kwargs)
-        else:
-            self._app.add_typer(typer.Typer(add_completion=False), name=name, help=help, **kwargs)
+    def group(self, name: str, *, help: str, hidden: bool = False) -> _Registrar:
+        """A verb with subcommands (`llamactl license accept`): register them on the
+        registrar returned. Without a subcommand the group prints its help."""
+        if self._app is None:
+            return _Registrar(None, None)
+        wanted = self._wanted(name)
+        sub = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+        self._app.add_typer(sub, name=name, help=help, hidden=hidden)
+        return _Registrar(sub, ALL) if wanted else _Registrar(None, None)
 
 
 def build_app(verb: str | None = ALL) -> typer.Typer:
@@ -174,24 +181,16 @@ def _report(exc: LlamactlError) -> None:
         output.hint(exc.hint)
 
 
-def _quiet_broken_pipe() -> None:
-    # stdout's reader went away (`llamactl list | head -1`): end quietly. Point stdout at
-    # devnull so the interpreter's final flush does not raise again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         build_app(invoked_verb(args))(args=args, prog_name="llamactl")
     except SystemExit:
         raise
-    except BrokenPipeError:
-        _quiet_broken_pipe()
+    except BrokenPipeError:  # stdout's reader went away: end quietly
+        from llamactl.cli import output
+
+        output.stdout_gone()
         sys.exit(ExitCode.OK)
     except LlamactlError as exc:
         if _debug():

@@ -18,17 +18,6 @@ PromptArg = Annotated[
 ]
 
 
-def _stdout_to_devnull() -> None:
-    import os
-    import sys
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 def register(app) -> None:
     @app.command("chat", help=(
         "Chat with a model. On a terminal: an interactive REPL (/help lists its commands). "
@@ -138,7 +127,7 @@ def register(app) -> None:
                                   json_out=json_out, notice=output.note)
             except BrokenPipeError:
                 # stdout's reader went away (`| head -c 20`): stop generating, end quietly
-                _stdout_to_devnull()
+                output.stdout_gone()
                 raise typer.Exit(0) from None
             if verbose:
                 t = doc["timings"]

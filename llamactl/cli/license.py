@@ -31,8 +31,7 @@ def _list(as_json: bool) -> None:
 
 
 def register(app: Any) -> None:
-    sub = typer.Typer(name="license", no_args_is_help=True, add_completion=False,
-                      rich_markup_mode=None)
+    sub = app.group("license", help="Llama licenses: list, show, accept, revoke.")
 
     @sub.command("list", help="The Llama license families and whether each is accepted here.")
     def list_cmd(as_json: JsonOpt = False) -> None:
@@ -80,5 +79,3 @@ def register(app: Any) -> None:
             output.info(f"revoked the acceptance of the {fam.title}")
         else:
             output.info(f"the {fam.title} was not accepted; nothing to revoke")
-
-    app.add_typer(sub, name="license", help="Llama licenses: list, show, accept, revoke.")

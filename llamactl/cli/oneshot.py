@@ -6,7 +6,6 @@ one JSON document with --json. Notices go to stderr."""
 
 from __future__ import annotations
 
-import sys
 from typing import IO
 
 from llamactl.chat.conversation import Conversation, answer_reserve, fit_to_context
@@ -39,8 +38,7 @@ def read_input(prompt_args: list[str] | None, stdin: IO[str] | None) -> str:
 class _Writer:
     """Streams the answer to stdout without its leading and trailing whitespace."""
 
-    def __init__(self, out: IO[str]):
-        self.out = out
+    def __init__(self):
         self.started = False
         self.pending = ""
 
@@ -54,12 +52,10 @@ class _Writer:
         body = text.rstrip()
         self.pending = text[len(body):]
         if body:
-            self.out.write(body)
-            self.out.flush()
+            output.stream(body)
 
     def end(self) -> None:
-        self.out.write("\n")
-        self.out.flush()
+        output.stream("\n")
 
 
 def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Sampling, *,
@@ -71,7 +67,7 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
                           answer_reserve(engine.n_ctx, sampling.max_tokens))
     if trim.dropped_turns and notice is not None:
         notice(trim.notice(engine.n_ctx))
-    writer = None if json_out else _Writer(sys.stdout)
+    writer = None if json_out else _Writer()
     parts: list[str] = []
     stats: Stats | None = None
     try:

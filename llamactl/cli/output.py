@@ -77,6 +77,16 @@ def data(text: str = "", end: str = "\n") -> None:
     sys.stdout.flush()
 
 
+def stdout_gone() -> None:
+    """stdout's reader went away (`llamactl list | head -1`): point stdout at devnull, so
+    that nothing written later (the interpreter's final flush included) raises again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def stream(text: str) -> None:
     """Write a piece of streamed text to stdout, flushed at once."""
     sys.stdout.write(text)

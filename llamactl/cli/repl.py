@@ -9,7 +9,6 @@ prompt clears the line; Ctrl-D (or /exit) ends the session with exit 0."""
 from __future__ import annotations
 
 import shlex
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -183,8 +182,7 @@ class Repl:
                             continue
                         started = True
                     parts.append(text)
-                    sys.stdout.write(screen_text(text))
-                    sys.stdout.flush()
+                    output.stream(screen_text(text))
                 else:
                     stats = item
         except KeyboardInterrupt:
@@ -194,8 +192,7 @@ class Repl:
                 stats.finish_reason = "interrupted"
         answer = "".join(parts)
         self.conv.add("assistant", answer.strip())
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        output.stream("\n")
         if stats is not None:
             self.last_stats = stats
             output.note(self._stats_line(stats))
