@@ -37,6 +37,9 @@ DEFAULT_CTX = 32768          # the largest context tried when the user gives non
 PARTIAL_CTX = 8192           # the context used when the model does not fit the GPU whole
 MIN_CTX = 512
 CUDA_OVERHEAD = 512 * MIB    # CUDA context, cuBLAS workspace: not reported by llama.cpp
+# The GPU check (benchmarks/gpu/run.sh) measures the two CUDA estimates; its figures live in
+# this file (benchmarks/gpu/apply.py writes it). Absent or null values: the constants here.
+CUDA_MEASURED = Path(__file__).resolve().parent / "data" / "cuda_measured.json"
 MARGIN_FRACTION = 0.02       # safety margin: 2% of the GPU's memory, at least 256 MiB
 MIN_MARGIN = 256 * MIB
 
@@ -176,6 +179,30 @@ def kv_cache_bytes(shape: ModelShape, n_ctx: int, kv_type: str = "f16",
     return sum(cells * shape.kv_bytes_per_cell(i, kv_type) for i in layers)
 
 
+_cuda_cache: dict[str, tuple[int, float]] = {}
+
+
+def cuda_constants() -> tuple[int, float]:
+    """(per-process CUDA overhead in bytes, factor on the estimated GPU compute buffer):
+    the GPU check's measurements from CUDA_MEASURED, else CUDA_OVERHEAD and 1.0."""
+    key = str(CUDA_MEASURED)
+    if key not in _cuda_cache:
+        import json
+
+        overhead, factor = CUDA_OVERHEAD, 1.0
+        try:
+            data = json.loads(CUDA_MEASURED.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict):
+            if isinstance(data.get("cuda_overhead_bytes"), int) and data["cuda_overhead_bytes"] > 0:
+                overhead = data["cuda_overhead_bytes"]
+            if isinstance(data.get("compute_buffer_factor"), (int, float)) and data["compute_buffer_factor"] > 0:
+                factor = float(data["compute_buffer_factor"])
+        _cuda_cache[key] = (overhead, factor)
+    return _cuda_cache[key]
+
+
 def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> dict[str, int]:
     """Estimated compute buffers of one micro-batch: 'graph' (the whole graph, on the device
     holding the layers) and its parts."""
@@ -285,14 +312,15 @@ def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, 
     comp = compute_bytes(shape, n_ctx, n_ubatch, flash_attn)
     act = n_ubatch * shape.n_embd * 4
     if ngl:
-        g_comp = comp["graph"]
+        cuda_overhead, compute_factor = cuda_constants()
+        g_comp = int(comp["graph"] * compute_factor)
         if ngl == L + 1 and not moe_cpu:
             c_comp = 2 * act
         elif ngl == L + 1:
             c_comp = comp["ffn"] + 2 * act
         else:  # some layers run on the CPU
             c_comp = max(comp["attention"] + 3 * act, comp["ffn"] + 2 * act) + comp["masks"]
-        overhead = CUDA_OVERHEAD
+        overhead = cuda_overhead
     else:
         g_comp = 0
         c_comp = comp["graph"]

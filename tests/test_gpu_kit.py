@@ -98,6 +98,67 @@ def test_the_wheels_that_travel_are_what_the_gpu_machine_lacks():
     assert need["gguf"] == importlib.metadata.version("gguf")      # pinned to what the tests use
 
 
+# What llamactl/data/cuda_measured.json holds: no GPU run has measured anything yet, so the
+# planner uses its built-in estimates. A real run applied by benchmarks/gpu/apply.py changes
+# the file; then pin its values here.
+PINNED_CUDA = {"cuda_overhead_bytes": None, "compute_buffer_factor": None}
+
+
+def test_the_planners_cuda_constants_are_the_pinned_measurements():
+    from llamactl import offload
+
+    data = json.loads(offload.CUDA_MEASURED.read_text())
+    assert {k: data[k] for k in PINNED_CUDA} == PINNED_CUDA
+    offload._cuda_cache.clear()
+    expected = (PINNED_CUDA["cuda_overhead_bytes"] or offload.CUDA_OVERHEAD,
+                PINNED_CUDA["compute_buffer_factor"] or 1.0)
+    assert offload.cuda_constants() == expected
+
+
+def test_the_plan_uses_measured_cuda_constants(tmp_path, monkeypatch, synthetic_gguf):
+    from llamactl import offload
+    from llamactl.gguf_info import read_gguf
+
+    info = read_gguf(synthetic_gguf("llama3.2-3b", tokenizer=False))
+    offload._cuda_cache.clear()
+    base = offload.plan(info, vram=80 * offload.GIB, ram=64 * offload.GIB)
+    assert base.gpu["overhead"] == offload.CUDA_OVERHEAD
+    data = tmp_path / "cuda_measured.json"
+    data.write_text(json.dumps({"cuda_overhead_bytes": 700 * offload.MIB, "compute_buffer_factor": 1.5}))
+    monkeypatch.setattr(offload, "CUDA_MEASURED", data)
+    measured = offload.plan(info, vram=80 * offload.GIB, ram=64 * offload.GIB)
+    assert measured.gpu["overhead"] == 700 * offload.MIB
+    assert measured.gpu["compute"] == int(base.gpu["compute"] * 1.5)
+    assert measured.gpu["total"] - base.gpu["total"] == (
+        188 * offload.MIB + measured.gpu["compute"] - base.gpu["compute"])
+    # null values (a run that measured one of them only) keep the built-in estimate
+    data.write_text(json.dumps({"cuda_overhead_bytes": None, "compute_buffer_factor": 1.25}))
+    monkeypatch.setattr(offload, "CUDA_MEASURED", tmp_path / "cuda_measured.json")
+    offload._cuda_cache.clear()
+    assert offload.cuda_constants() == (offload.CUDA_OVERHEAD, 1.25)
+    offload._cuda_cache.clear()
+
+
+def test_readmes_gpu_table_is_generated_from_the_planner():
+    import apply
+
+    text = (REPO / "README.md").read_text()
+    assert apply.readme_with_table(text, apply.table()) == text, \
+        "README's GPU table is stale: python benchmarks/gpu/apply.py --table"
+
+
+def test_apply_refuses_a_dry_run(tmp_path):
+    import apply
+
+    (tmp_path / "cuda_measured.json").write_text(json.dumps(
+        {"source": "benchmarks/gpu/run.sh --dry-run (no GPU: nothing measured)",
+         "cuda_overhead_bytes": None, "compute_buffer_factor": None}))
+    before = apply.DATA.read_text()
+    with pytest.raises(SystemExit, match="dry-run"):
+        apply.apply(tmp_path)
+    assert apply.DATA.read_text() == before
+
+
 def _index_reachable() -> bool:
     try:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",

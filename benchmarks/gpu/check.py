@@ -620,13 +620,19 @@ def derive_constants(doc: dict) -> dict:
     """The planner's CUDA estimates as this run measured them: the per-process overhead
     (GPU memory beyond llama.cpp's own buffers, the largest seen) and the ratio of the real
     GPU compute buffer to the estimate (the largest seen). Null where nothing ran on a GPU."""
+    try:   # the factor the plans above already carry (a previous run's, applied)
+        from llamactl.offload import cuda_constants
+
+        factor_in_use = cuda_constants()[1]
+    except Exception:
+        factor_in_use = 1.0
     overheads, ratios = [], []
     for m in doc["models"].values():
         for r in m.get("plan_vs_measured", []):
             if r.get("measured_overhead_mib") is not None:
                 overheads.append(r["measured_overhead_mib"])
             if r.get("llama_gpu_compute_mib") and r.get("plan_gpu_compute_mib"):
-                ratios.append(r["llama_gpu_compute_mib"] / r["plan_gpu_compute_mib"])
+                ratios.append(r["llama_gpu_compute_mib"] / (r["plan_gpu_compute_mib"] / factor_in_use))
     return {
         "source": "benchmarks/gpu/run.sh" + (" --dry-run (no GPU: nothing measured)" if doc["dry_run"] else ""),
         "date": doc["started"],
