@@ -24,7 +24,7 @@ _llamactl() {
             ;;
         convert)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--force --help --json --name --output --outtype --quiet -o -q" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--force --help --json --mmproj --name --no-mmproj --output --outtype --quiet -o -q" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -76,7 +76,9 @@ complete -c llamactl -f -n '__fish_use_subcommand' -a convert -d 'Convert a Hugg
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l force
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l name
+complete -c llamactl -n '__fish_seen_subcommand_from convert' -l no-mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l output
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l outtype
 complete -c llamactl -n '__fish_seen_subcommand_from convert' -l quiet

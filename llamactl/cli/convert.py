@@ -28,6 +28,11 @@ def register(app: Any) -> None:
         outtype: Annotated[Optional[str], typer.Option(
             "--outtype", help="f32, f16 or bf16 (default: bf16 for a bf16 checkpoint, else f16).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="general.name written in the GGUF.")] = None,
+        mmproj: Annotated[Optional[Path], typer.Option(
+            "--mmproj", help="Llama 4 with a vision tower: write its projector GGUF here "
+                             "(default: mmproj-NAME.gguf beside the output).")] = None,
+        no_mmproj: Annotated[bool, typer.Option(
+            "--no-mmproj", help="Convert the text model only, without the vision projector.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
         as_json: JsonOpt = False,
         quiet: QuietOpt = False,
@@ -39,17 +44,25 @@ def register(app: Any) -> None:
                              hint="quantized types come from `llamactl quantize` after converting")
         if out is not None and out.suffix.lower() != ".gguf":
             raise UsageError(f"the output should end in .gguf: {out}")
-        from llamactl.convert import convert_checkpoint, resolve_output
+        if mmproj is not None and mmproj.suffix.lower() != ".gguf":
+            raise UsageError(f"the projector output should end in .gguf: {mmproj}")
+        from llamactl.convert import convert_checkpoint, projector_output, resolve_output
 
         target = resolve_output(src, out, outtype)
         if target.exists() and not force:
             raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
+        projector = projector_output(src, target, mmproj, enabled=not no_mmproj)
+        if projector is not None and projector.exists() and not force:
+            raise LlamactlError(f"{projector} exists",
+                                hint="pass --force to overwrite it, --mmproj another path, or --no-mmproj")
+        options: dict[str, Any] = {"name": name} if name else {}
+        if projector is not None:
+            options.update(mmproj=projector, mmproj_optional=mmproj is None)
         from llamactl.cli.progress import TensorProgress
 
         progress = TensorProgress("converting", quiet or as_json, in_bytes=True)
         try:
-            result = convert_checkpoint(src, target, outtype=outtype, progress=progress,
-                                        **({"name": name} if name else {}))
+            result = convert_checkpoint(src, target, outtype=outtype, progress=progress, **options)
         finally:
             progress.close()
         if not quiet:

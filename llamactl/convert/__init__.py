@@ -67,6 +67,34 @@ def resolve_output(src_dir: Path, out_path: Path | None, outtype: str | None) ->
     return Path.cwd() / f"{name}-{chosen}.gguf"
 
 
+def projector_output(src_dir: Path, out_path: Path, mmproj: Path | None = None,
+                     enabled: bool = True) -> Path | None:
+    """Where a multimodal checkpoint's vision projector goes: `mmproj` when given, else
+    mmproj-NAME.gguf beside the output NAME.gguf; None when the checkpoint has no vision
+    tower (an explicit `mmproj` then is an error) or `enabled` is False."""
+    from llamactl.convert import common, llama4_vision
+
+    src_dir = Path(src_dir)
+    config = common.read_config(src_dir)
+    if not enabled:
+        if mmproj is not None:
+            from llamactl.errors import UsageError
+
+            raise UsageError("--mmproj and --no-mmproj contradict each other")
+        return None
+    if config.get("model_type") != "llama4" or not isinstance(config.get("vision_config"), dict):
+        if mmproj is not None:
+            raise LlamactlError(f"{src_dir} has no vision tower: there is no projector to write",
+                                hint="leave out --mmproj")
+        return None
+    target = Path(mmproj) if mmproj is not None else llama4_vision.default_path(out_path)
+    if target.resolve() == Path(out_path).resolve():
+        from llamactl.errors import UsageError
+
+        raise UsageError(f"the projector and the model would both be written to {target}")
+    return target
+
+
 def convert_checkpoint(src_dir: Path, out_path: Path, outtype: str | None = None,
                        progress: Callable[[str, int, int], None] | None = None,
                        **options: Any) -> ConvertResult:
@@ -74,7 +102,8 @@ def convert_checkpoint(src_dir: Path, out_path: Path, outtype: str | None = None
 
     `outtype`: "f32", "f16" or "bf16" (default: bf16 for a bf16 source, else f16).
     `progress(tensor_name, bytes_done, bytes_total)` is called after each tensor.
-    `options` go to the architecture's converter (`name=` sets general.name).
+    `options` go to the architecture's converter (`name=` sets general.name; for Llama 4,
+    `mmproj=PATH` also writes the vision projector, see `projector_output`).
     Everything is checked (config, shard headers and sizes, tensor shapes, tokenizer)
     before the output is opened; the output is written to a temporary file and renamed on
     success, so a failure or Ctrl-C leaves nothing at `out_path`; the temporary files of

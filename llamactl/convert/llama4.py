@@ -5,7 +5,9 @@ What llama.cpp's `llama4` loader expects, and how a Hugging Face checkpoint maps
 - Meta publishes `Llama4ForConditionalGeneration` checkpoints (config.json `model_type:
   llama4`): the language model's tensors live under `language_model.`, the vision tower
   under `vision_model.` and the projector under `multi_modal_projector.`. Only the text
-  model goes into this GGUF; the vision tensors are left out and listed in the result.
+  model goes into this GGUF; the vision tensors go into a separate projector GGUF for
+  llama.cpp's mtmd when asked (llamactl.convert.llama4_vision), else they are left out
+  and listed in the result.
   A text-only `Llama4ForCausalLM` (`llama4_text`) converts the same way.
 - Hyper-parameters come from `text_config`. Every `interleave_moe_layer_step`-th layer is
   MoE (Scout: every layer; Maverick: every second), the others a dense FFN of width
@@ -386,15 +388,37 @@ def size_label(plan: Llama4Plan) -> str:
 
 
 def convert(ckpt, out_path: Path, outtype: str, progress=None, *, name: str | None = None,
-            expert_layout: str = "llama.cpp", permute_qk: bool = False) -> dict[str, Any]:
+            expert_layout: str = "llama.cpp", permute_qk: bool = False,
+            mmproj: Path | None = None, mmproj_optional: bool = False,
+            patch_layout: str = "chw") -> dict[str, Any]:
     """Convert an opened Llama 4 checkpoint (llamactl.convert.common.Checkpoint) to a text
-    GGUF at `out_path`. `expert_layout` and `permute_qk` exist only so that tests can
-    write deliberately wrong files ("swap_gate_up", "untransposed"; Llama 3's q/k
-    permutation) and show that the parity check catches them."""
+    GGUF at `out_path`, and its vision tower and projector to a projector GGUF at `mmproj`
+    (llamactl.convert.llama4_vision) when given. Both plans are checked before anything is
+    written; the projector is written first, and removed again if the text model fails.
+    `expert_layout`, `permute_qk` and `patch_layout` exist only so that tests can write
+    deliberately wrong files ("swap_gate_up", "untransposed"; Llama 3's q/k permutation;
+    "hwc" patches) and show that the parity checks catch them. `mmproj_optional`: a vision
+    tower that mtmd cannot run (or none) means a note and the text model alone, not an error
+    (the default projector; an explicit --mmproj is never optional)."""
     from llamactl.convert import common
 
     hp = hparams_from_config(ckpt.config)
     plan = plan_tensors(ckpt, hp, outtype, expert_layout=expert_layout, permute_qk=permute_qk)
+    vplan = None
+    not_written: str | None = None
+    if mmproj is not None:
+        from llamactl.convert import llama4_vision
+
+        try:
+            if not plan.skipped:
+                raise LlamactlError("this checkpoint has no vision tower: there is no projector to write",
+                                    hint="leave out --mmproj")
+            vplan = llama4_vision.plan_tensors(ckpt, llama4_vision.vision_hparams(ckpt.config, ckpt.path),
+                                               outtype, patch_layout=patch_layout)
+        except LlamactlError as exc:
+            if not mmproj_optional:
+                raise
+            not_written = str(exc)
     tok = common.load_bpe_tokenizer(ckpt.path, hp.vocab_size, eot_token="<|eot|>", eom_token="<|eom|>",
                                     config=text_config(ckpt.config))
     label = size_label(plan)
@@ -405,13 +429,28 @@ def convert(ckpt, out_path: Path, outtype: str, progress=None, *, name: str | No
         write_hparams(writer, hp)
         common.write_tokenizer(writer, tok, PRE_TOKENIZER)
 
-    size = common.write_gguf(Path(out_path), ARCH, add_metadata, plan.jobs, progress)
+    projector = None
+    if vplan is not None:
+        from llamactl.convert import llama4_vision
+
+        projector = llama4_vision.convert(ckpt, Path(mmproj), outtype, None, name=name, plan=vplan)
+    try:
+        size = common.write_gguf(Path(out_path), ARCH, add_metadata, plan.jobs, progress)
+    except BaseException:
+        if projector is not None:
+            Path(mmproj).unlink(missing_ok=True)
+        raise
     skipped = set(plan.skipped)
     notes = list(hp.notes)
-    if plan.skipped:
+    if projector is not None:
+        notes.append(f"wrote the vision projector to {mmproj} ({projector['n_tensors']} tensors, "
+                     f"{projector['bytes'] / 2**20:.1f} MiB); `chat --image` finds it beside the model")
+    elif plan.skipped:
         n_bytes = sum(ckpt.tensors[n].nbytes for n in plan.skipped)
         notes.append(f"left out the vision tower and projector ({len(plan.skipped)} tensors, "
                      f"{n_bytes / 2**20:.1f} MiB): this GGUF is the text model only")
+        if not_written:
+            notes.append(f"no projector written: {not_written}")
     return {
         "architecture": ARCH,
         "n_tensors": len(plan.jobs),
@@ -426,4 +465,5 @@ def convert(ckpt, out_path: Path, outtype: str, progress=None, *, name: str | No
         "skipped_tensors": plan.skipped,
         "largest_tensor_bytes": max((t.nbytes for n, t in ckpt.tensors.items() if n not in skipped), default=0),
         "notes": notes,
+        "mmproj": projector,
     }

@@ -100,6 +100,10 @@ class Llama4Spec:
     head_scale: float = 1.0           # lm_head weights x this (1: transformers init)
     config_style: str = "v5"          # "v5": rope_parameters; "meta": rope_theta + rope_scaling
     text_overrides: tuple = field(default_factory=tuple)  # ((key, value), ...) into text_config
+    # images (tests/kit/llama4_vision.py): a vision tower that mtmd can run, the tile
+    # separator tokens, Llama 4 Instruct's own chat template and a preprocessor_config.json
+    vision_kit: bool = False
+    vision_overrides: tuple = field(default_factory=tuple)  # ((key, value), ...) into vision_config
 
     def key(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, default=str)
@@ -149,23 +153,29 @@ def _vision_config() -> dict[str, Any]:
                 projector_output_dim=64)
 
 
-def build_llama4_tokenizer(out_dir: Path) -> tuple[int, dict[str, int]]:
+def build_llama4_tokenizer(out_dir: Path, vision_kit: bool = False) -> tuple[int, dict[str, int]]:
     """Train the tiny Llama-4-style tokenizer into `out_dir`; returns (token count, ids of
-    the special tokens)."""
+    the special tokens). `vision_kit`: with the tile separators and Llama 4 Instruct's
+    template (tests/kit/llama4_vision.py)."""
     from tests.kit.tokenizer import build_tokenizer
 
+    specials, template = LLAMA4_SPECIAL_TOKENS, LLAMA4_CHAT_TEMPLATE
+    if vision_kit:
+        from tests.kit.llama4_vision import TILE_TOKENS, instruct_template
+
+        specials, template = LLAMA4_SPECIAL_TOKENS + TILE_TOKENS, instruct_template()
     n_tokens = build_tokenizer(
         out_dir,
         pattern=LLAMA4_PATTERN,
-        special_tokens=LLAMA4_SPECIAL_TOKENS,
+        special_tokens=specials,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot|>",
         pad_token="<|finetune_right_pad|>",
-        chat_template=LLAMA4_CHAT_TEMPLATE,
+        chat_template=template,
         extra_corpus=LLAMA4_EXTRA_CORPUS,
     )
-    first = n_tokens - len(LLAMA4_SPECIAL_TOKENS)
-    return n_tokens, {t: first + i for i, t in enumerate(LLAMA4_SPECIAL_TOKENS)}
+    first = n_tokens - len(specials)
+    return n_tokens, {t: first + i for i, t in enumerate(specials)}
 
 
 def _to_meta_style(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -189,15 +199,21 @@ def build_llama4_checkpoint(out_dir: Path, spec: Llama4Spec = Llama4Spec()) -> P
     hf_logging.disable_progress_bar()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_tokens, special_ids = build_llama4_tokenizer(out_dir)
+    n_tokens, special_ids = build_llama4_tokenizer(out_dir, vision_kit=spec.vision_kit)
     vocab_size = ((n_tokens + 63) // 64) * 64 + 64  # padded, as the real models are
     tc = text_config_for(spec, vocab_size, special_ids)
     torch.manual_seed(spec.seed)
     if spec.vision:
-        config = Llama4Config(text_config=tc, vision_config=_vision_config(),
+        if spec.vision_kit:
+            from tests.kit.llama4_vision import vision_config
+
+            vc, image_token = vision_config(dict(spec.vision_overrides)), special_ids["<|patch|>"]
+        else:
+            vc, image_token = _vision_config(), special_ids["<|image|>"]
+        config = Llama4Config(text_config=tc, vision_config=vc,
                               boi_token_index=special_ids["<|image_start|>"],
                               eoi_token_index=special_ids["<|image_end|>"],
-                              image_token_index=special_ids["<|image|>"])
+                              image_token_index=image_token)
         model = Llama4ForConditionalGeneration(config)
     else:
         model = Llama4ForCausalLM(Llama4TextConfig(**tc))
@@ -208,6 +224,8 @@ def build_llama4_checkpoint(out_dir: Path, spec: Llama4Spec = Llama4Spec()) -> P
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
             elif name.endswith("lm_head.weight"):
                 param.mul_(spec.head_scale)
+            elif spec.vision_kit and name.startswith("vision_model.") and name.endswith(".bias"):
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))  # a lost bias shows
     if spec.dtype != "float32":
         import warnings
 
@@ -216,6 +234,10 @@ def build_llama4_checkpoint(out_dir: Path, spec: Llama4Spec = Llama4Spec()) -> P
             model = model.to(getattr(torch, spec.dtype))
     kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
     model.save_pretrained(out_dir, **kwargs)
+    if spec.vision_kit:
+        from tests.kit.llama4_vision import write_preprocessor_config
+
+        write_preprocessor_config(out_dir, config.vision_config)
     if spec.config_style == "meta":
         cfg_path = out_dir / "config.json"
         cfg = json.loads(cfg_path.read_text())

@@ -76,3 +76,27 @@ def llama4_prompt_ids():
         return cache[str(ckpt)]
 
     return ids
+
+
+@pytest.fixture(scope="session")
+def llama4_vision_factory(llama4_checkpoint_factory, llama4_kit_dir):
+    """`make(outtype="f32", patch_layout="chw", **spec)` -> (checkpoint, text GGUF, projector
+    GGUF): a tiny multimodal Scout-like checkpoint (tests/kit/llama4_vision.py) converted by
+    llamactl with its projector, once per variant per session."""
+    built: dict[tuple, tuple[Path, Path, Path]] = {}
+
+    def make(outtype: str = "f32", patch_layout: str = "chw", **spec_fields):
+        from llamactl.convert import convert_checkpoint
+
+        spec_fields.setdefault("vision_kit", True)
+        ckpt = llama4_checkpoint_factory("scout", **spec_fields)
+        key = (str(ckpt), outtype, patch_layout)
+        if key not in built:
+            out = llama4_kit_dir / f"{ckpt.name}-vision-{outtype}-{patch_layout}" / "model.gguf"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            mmproj = out.with_name("mmproj-model.gguf")
+            convert_checkpoint(ckpt, out, outtype=outtype, mmproj=mmproj, patch_layout=patch_layout)
+            built[key] = (ckpt, out, mmproj)
+        return built[key]
+
+    return make

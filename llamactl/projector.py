@@ -1,0 +1,341 @@
+"""A vision projector (mmproj GGUF) loaded by llama.cpp's mtmd, and image embeddings in the
+text model's context.
+
+`ProjectorInfo.read` reads a projector's header (no weights): only Llama 4 projectors
+(`clip.projector_type llama4`) are accepted, since llamactl does Llama 4's tiling and token
+layout itself (llamactl.images). `Projector` holds an mtmd context bound to a loaded text
+model; `encode_tile` turns one tile (exactly the projector's tile size, so mtmd neither
+resizes nor slices it) into its embeddings, [tokens_per_tile, n_embd] float32.
+`decode_embeddings` evaluates rows of embeddings at the end of a llama.cpp context, as
+`Llama.eval` does for tokens; the engine's decode path calls it for image positions."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamactl.errors import IntegrityError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_MAX_TILES = 16
+
+
+@dataclass
+class ProjectorInfo:
+    path: Path
+    projector_type: str
+    tile: int                   # clip.vision.image_size
+    patch: int
+    scale: int                  # pixel-shuffle factor per side
+    max_tiles: int              # clip.vision.preproc_max_tiles, else Llama 4's 16
+    n_embd: int                 # the text model's width it projects to
+    tensor_bytes: int
+    n_params: int
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return ((self.tile // self.patch) // self.scale) ** 2
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ProjectorInfo":
+        import gguf
+
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"projector not found: {p}")
+        try:
+            reader = gguf.GGUFReader(str(p))
+        except Exception as exc:  # gguf raises ValueError, struct errors, numpy errors...
+            raise IntegrityError(f"{p} is not a readable GGUF file: {exc}") from None
+
+        def field(key: str, default: Any = None) -> Any:
+            f = reader.fields.get(key)
+            if f is None:
+                return default
+            value = f.contents()
+            return value
+
+        arch = field("general.architecture")
+        ptype = field("clip.projector_type") or field("clip.vision.projector_type")
+        if arch != "clip" or not field("clip.has_vision_encoder", False):
+            raise UsageError(f"{p} is not a vision projector (general.architecture {arch!r})",
+                             hint="pass the mmproj-*.gguf file that belongs to the model")
+        if ptype != "llama4":
+            raise UsageError(f"{p} is a {ptype!r} projector; llamactl reads Llama 4 projectors only")
+        try:
+            tile = int(field("clip.vision.image_size"))
+            patch = int(field("clip.vision.patch_size"))
+            scale = int(field("clip.vision.projector.scale_factor", 2))
+            n_embd = int(field("clip.vision.projection_dim"))
+        except (TypeError, ValueError):
+            raise IntegrityError(f"{p}: a Llama 4 projector without image_size, patch_size or "
+                                 "projection_dim") from None
+        max_tiles = int(field("clip.vision.preproc_max_tiles", DEFAULT_MAX_TILES) or DEFAULT_MAX_TILES)
+        if patch <= 0 or scale <= 0 or tile % patch or (tile // patch) % scale:
+            raise IntegrityError(f"{p}: tile {tile}, patch {patch} and scale {scale} do not fit together")
+        size = sum(int(t.n_bytes) for t in reader.tensors)
+        n_params = sum(int(t.n_elements) for t in reader.tensors)
+        return cls(p, ptype, tile, patch, scale, max_tiles, n_embd, size, n_params)
+
+
+_LOG: dict[str, Any] = {"verbose": False, "callback": None}
+
+
+def set_mtmd_log(verbose: bool) -> None:
+    """mtmd's own log (clip.cpp's loading and timings): dropped, or to stderr when verbose."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp
+
+    _LOG["verbose"] = verbose
+    if _LOG["callback"] is None:
+        @llama_cpp.llama_log_callback
+        def _callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
+            if _LOG["verbose"] and text:
+                try:
+                    sys.stderr.write(text.decode("utf-8", "replace"))
+                    sys.stderr.flush()
+                except Exception:
+                    pass
+
+        _LOG["callback"] = _callback
+        mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
+
+
+class Projector:
+    """An mtmd context for a Llama 4 projector, bound to a loaded text model."""
+
+    def __init__(self, info: ProjectorInfo, llama: Any, *, n_threads: int | None = None,
+                 use_gpu: bool = False, verbose: bool = False):
+        import llama_cpp
+        from llama_cpp import mtmd_cpp
+
+        self.info = info
+        model_embd = int(llama_cpp.llama_model_n_embd(llama.model))
+        if model_embd != info.n_embd:
+            raise UsageError(f"{info.path} projects to {info.n_embd} dimensions; the model has {model_embd}: "
+                             "this projector belongs to another model",
+                             hint="pass the model's own mmproj file with --mmproj")
+        set_mtmd_log(verbose)
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = bool(use_gpu)
+        params.print_timings = False
+        params.warmup = False
+        params.n_threads = int(n_threads or llama.n_threads or 1)
+        self._ctx = mtmd_cpp.mtmd_init_from_file(str(info.path).encode(), llama.model, params)
+        if not self._ctx:
+            raise IntegrityError(f"llama.cpp's mtmd could not load the projector {info.path}",
+                                 hint="run with --verbose for llama.cpp's log")
+        self.n_embd = model_embd
+        self.encoded_tiles = 0          # for tests and stats: tiles run through the encoder
+
+    def encode_tile(self, tile: "np.ndarray") -> "np.ndarray":
+        """Embeddings of one tile (uint8, tile x tile x 3): [tokens_per_tile, n_embd]."""
+        import numpy as np
+        from llama_cpp import mtmd_cpp
+
+        t = self.info.tile
+        if tile.shape != (t, t, 3) or tile.dtype != np.uint8:
+            raise ValueError(f"a tile must be uint8 {t}x{t}x3, not {tile.dtype} {tile.shape}")
+        data = np.ascontiguousarray(tile)
+        buf = (ctypes.c_uint8 * data.size).from_buffer_copy(data.tobytes())
+        bitmap = mtmd_cpp.mtmd_bitmap_init(t, t, buf)
+        chunks = mtmd_cpp.mtmd_input_chunks_init()
+        try:
+            text = mtmd_cpp.mtmd_input_text()
+            marker = mtmd_cpp.mtmd_default_marker()
+            text.text, text.text_len = marker, len(marker)
+            text.add_special, text.parse_special = False, True
+            bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mtmd_cpp.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text), bitmaps, 1)
+            if rc != 0:
+                raise IntegrityError(f"mtmd could not prepare an image tile (error {rc})")
+            images = [mtmd_cpp.mtmd_input_chunks_get(chunks, i)
+                      for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks))]
+            images = [c for c in images if mtmd_cpp.mtmd_input_chunk_get_type(c)
+                      == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+            want = self.info.tokens_per_tile
+            if len(images) != 1 or mtmd_cpp.mtmd_input_chunk_get_n_tokens(images[0]) != want:
+                got = [mtmd_cpp.mtmd_input_chunk_get_n_tokens(c) for c in images]
+                raise IntegrityError(f"mtmd made {got} image tokens of one {t}-pixel tile, expected [{want}]: "
+                                     "this llama.cpp preprocesses Llama 4 tiles differently")
+            rc = mtmd_cpp.mtmd_encode_chunk(self._ctx, images[0])
+            if rc != 0:
+                raise IntegrityError(f"mtmd could not encode an image tile (error {rc})")
+            out = mtmd_cpp.mtmd_get_output_embd(self._ctx)
+            embd = np.ctypeslib.as_array(out, shape=(want * self.n_embd,)).reshape(want, self.n_embd).copy()
+        finally:
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            mtmd_cpp.mtmd_bitmap_free(bitmap)
+        self.encoded_tiles += 1
+        return embd if self.raw_order else column_to_row_major(embd)
+
+    raw_order = False   # tests only: mtmd's own token order
+
+    def close(self) -> None:
+        from llama_cpp import mtmd_cpp
+
+        if getattr(self, "_ctx", None):
+            mtmd_cpp.mtmd_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def column_to_row_major(embd: "np.ndarray") -> "np.ndarray":
+    """A tile's embeddings in transformers' order. mtmd's Llama 4 pixel shuffle (0.3.36)
+    emits the s x s merged tokens column by column (token x*s + y), transformers' (the
+    reference, and what the model was trained on) row by row (y*s + x); the values are
+    the same (tests/test_images_parity.py checks both)."""
+    n, n_embd = embd.shape
+    side = int(round(n ** 0.5))
+    return embd.reshape(side, side, n_embd).transpose(1, 0, 2).reshape(n, n_embd).copy()
+
+
+def decode_embeddings(llama: Any, embd: "np.ndarray", placeholders: list[int]) -> None:
+    """Evaluate rows of embeddings (float32 [n, n_embd]) after the tokens already in
+    `llama`'s context, in batches of n_batch, the last row's logits kept, as `Llama.eval`
+    does for tokens; `placeholders` (one int per row) stand for them in `llama.input_ids`,
+    so that the engine's prefix comparison sees which image each position holds."""
+    import llama_cpp
+    import numpy as np
+
+    n, n_embd = embd.shape
+    if len(placeholders) != n:
+        raise ValueError("one placeholder per embedding row")
+    step = max(1, int(llama.n_batch))
+    data = np.ascontiguousarray(embd, dtype=np.float32)
+    batch = llama_cpp.llama_batch_init(step, n_embd, 1)
+    try:
+        for i in range(0, n, step):
+            rows = data[i:i + step]
+            k = rows.shape[0]
+            n_past = int(llama.n_tokens)
+            ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+            batch.n_tokens = k
+            for j in range(k):
+                batch.pos[j] = n_past + j
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = bool(llama._logits_all) or j == k - 1
+            rc = llama_cpp.llama_decode(llama.ctx, batch)
+            if rc != 0:
+                raise IntegrityError(f"llama.cpp could not evaluate image embeddings (llama_decode {rc})")
+            _record(llama, n_past, placeholders[i:i + k])
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def _record(llama: Any, n_past: int, ids: list[int]) -> None:
+    """What `Llama.eval` records after a decode (0.3.36): the ids of the evaluated
+    positions, their logits when the context keeps all logits, the new token count."""
+    import llama_cpp
+    import numpy as np
+
+    k = len(ids)
+    llama.input_ids[n_past:n_past + k] = ids
+    if llama._logits_all:
+        n_vocab = int(llama.n_vocab())
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(k * n_vocab,))
+        llama.scores[n_past:n_past + k, :].reshape(-1)[::] = logits
+    llama.n_tokens += k
+
+
+# ------------------------------------------------------------------ images in a prompt
+
+PLACEHOLDER_ROWS = 1024   # rows per tile key in a placeholder id (Scout's tiles have 144)
+
+
+def is_placeholder(token: int) -> bool:
+    return token < 0
+
+
+class ImageTokens:
+    """Images placed in prompts, for one engine: token ids for their layouts, in which each
+    image position is a negative placeholder id unique to (image, tile, row); the tiles are
+    encoded only when a position must be evaluated (an image already in the KV cache is not
+    encoded again), and the encoded tiles are kept for the conversation."""
+
+    def __init__(self, projector: Projector, token_id):
+        self.projector = projector
+        self._token_id = token_id               # special token text -> id (the model's vocabulary)
+        self._keys: dict[tuple[str, int], int] = {}
+        self._tiles: dict[int, tuple[Any, int]] = {}   # key -> (tiles list holder, index)
+        self._sources: dict[str, tuple[Any, Any]] = {}  # digest -> (ImageFile, TilePlan)
+        self._encoded: dict[int, "np.ndarray"] = {}
+
+    def plan(self, image: Any):
+        from llamactl import images
+
+        info = self.projector.info
+        if image.digest not in self._sources:
+            self._sources[image.digest] = (image, images.plan_tiles(image.height, image.width, info.tile,
+                                                                    info.max_tiles))
+        return self._sources[image.digest][1]
+
+    def tokens(self, image: Any) -> list[int]:
+        """The token ids of `image`'s layout (placeholders at image positions)."""
+        from llamactl import images
+
+        tile_plan = self.plan(image)
+        lay = images.layout(tile_plan, self.projector.info.tokens_per_tile)
+        out: list[int] = []
+        for item in lay.items:
+            if isinstance(item, str):
+                out.append(self._token_id(item))
+                continue
+            key = self._keys.setdefault((image.digest, item), len(self._keys) + 1)
+            self._tiles[key] = (image.digest, item)
+            out.extend(-(key * PLACEHOLDER_ROWS + r) - 1 for r in range(lay.tokens_per_tile))
+        return out
+
+    def count(self, image: Any) -> tuple[int, int]:
+        """(prompt tokens, image tokens) the image takes, without encoding anything."""
+        from llamactl import images
+
+        lay = images.layout(self.plan(image), self.projector.info.tokens_per_tile)
+        return lay.n_tokens, lay.n_image_tokens
+
+    def embeddings(self, placeholders: list[int]) -> "np.ndarray":
+        """The embedding rows of `placeholders`, encoding the tiles not encoded yet."""
+        import numpy as np
+
+        from llamactl import images
+
+        rows = []
+        for p in placeholders:
+            key, row = divmod(-p - 1, PLACEHOLDER_ROWS)
+            if key not in self._encoded:
+                digest, index = self._tiles[key]
+                image, tile_plan = self._sources[digest]
+                tiles = images.make_tiles(image.pixels, tile_plan)
+                self._encoded[key] = self.projector.encode_tile(tiles[index])
+            rows.append(self._encoded[key][row])
+        return np.stack(rows)
+
+
+def eval_prompt(llama: Any, tokens: list[int], images: ImageTokens | None) -> None:
+    """Evaluate `tokens` after what `llama`'s context holds: runs of token ids through
+    `Llama.eval`, runs of image placeholders as their embeddings."""
+    i, n = 0, len(tokens)
+    while i < n:
+        j = i
+        image = is_placeholder(tokens[i])
+        while j < n and is_placeholder(tokens[j]) == image:
+            j += 1
+        run = tokens[i:j]
+        if image:
+            if images is None:
+                raise UsageError("this prompt holds an image but the model has no projector")
+            decode_embeddings(llama, images.embeddings(run), run)
+        else:
+            llama.eval(run)
+        i = j
