@@ -116,7 +116,7 @@ def reference_model(llama4_vision_factory):
 
 
 def _projector(gguf_path, mmproj_path):
-    from llamactl.projector import Projector, ProjectorInfo
+    from llamactl.engine.images import Projector, ProjectorInfo
     from tests.kit.llama_helpers import load_llama
 
     llm = load_llama(gguf_path)
@@ -271,7 +271,7 @@ def test_logits_with_an_image_match_transformers(llama4_vision_factory, referenc
     from transformers import AutoTokenizer
 
     from llamactl import images
-    from llamactl.projector import PLACEHOLDER_ROWS, ImageTokens, eval_prompt, is_placeholder
+    from llamactl.engine.images import PLACEHOLDER_ROWS, ImageTokens, eval_prompt, is_placeholder
     from tests.kit.llama4_vision import image_features, logits_with_images
     from tests.kit.llama_helpers import load_llama
 
@@ -286,7 +286,7 @@ def test_logits_with_an_image_match_transformers(llama4_vision_factory, referenc
     lay = images.layout(plan, 4)
     ref_ids = tok(before + images.expand(lay) + after, add_special_tokens=False)["input_ids"]
 
-    from llamactl.projector import Projector, ProjectorInfo
+    from llamactl.engine.images import Projector, ProjectorInfo
 
     llm = load_llama(gguf_path, logits_all=True, f32_cache=True)
     proj = Projector(ProjectorInfo.read(mmproj), llm, n_threads=2)

@@ -4,6 +4,8 @@
   the one decode path `stream_tokens` used by chat, one-shot mode and bench);
 - `template`: chat templates (the GGUF's, built-in formats, .jinja files) and their errors;
 - `bindings`: the one adapter for llama-cpp-python internals, with its version check;
+- `images`: a Llama 4 vision projector in llama.cpp's mtmd, images in prompts as
+  placeholder ids, their embeddings decoded in the same context (imported on demand);
 - `types`: EngineOptions, Sampling, Piece, Stats.
 
 Importing this package does not import llama_cpp; loading a model does."""

@@ -1,6 +1,7 @@
 """The one adapter for what the engine needs from llama-cpp-python below its public
 `Llama` API: removing a suffix of the KV cache (`Llama._ctx.kv_cache_seq_rm`), setting the
-count of evaluated tokens to match (`Llama.n_tokens`), the sampler chain
+count of evaluated tokens to match (`Llama.n_tokens`), recording positions decoded outside
+`Llama.eval` (image embeddings: `input_ids`, `scores`, `_logits_all`), the sampler chain
 (`llama_cpp._internals.LlamaSampler`, sampling from `Llama._ctx`), and llama.cpp's log
 callback (public, but process-wide).
 
@@ -140,6 +141,28 @@ def llama_class() -> Any:
     return EngineLlama
 
 
+def record_evaluated(llama: Any, n_past: int, ids: list[int]) -> None:
+    """After a `llama_decode` of rows at positions n_past.. that did not go through
+    `Llama.eval` (image embeddings): what `Llama.eval` records (0.3.36), the ids standing for
+    the positions (`input_ids`), their logits when the context keeps all logits (`scores`,
+    `_logits_all`), and the new count of evaluated tokens (`n_tokens`)."""
+    import llama_cpp
+    import numpy as np
+
+    k = len(ids)
+    llama.input_ids[n_past:n_past + k] = ids
+    if llama._logits_all:
+        n_vocab = int(llama.n_vocab())
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(k * n_vocab,))
+        llama.scores[n_past:n_past + k, :].reshape(-1)[::] = logits
+    llama.n_tokens = n_past + k
+
+
+def logits_all(llama: Any) -> bool:
+    """Whether `llama` keeps the logits of every position (`Llama._logits_all`)."""
+    return bool(llama._logits_all)
+
+
 # --- llama.cpp's log --------------------------------------------------------------------
 
 _LOG: dict[str, Any] = {"verbose": False, "callback": None}
@@ -165,3 +188,14 @@ def set_llama_log(verbose: bool) -> None:
         llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
     # the bindings' Python logger (used by some of their own messages)
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+def route_mtmd_log() -> None:
+    """Send mtmd's log (the image encoder's) through the same callback as llama.cpp's."""
+    from llama_cpp import mtmd_cpp
+
+    if _LOG["callback"] is None:
+        set_llama_log(_LOG["verbose"])
+    if not _LOG.get("mtmd"):
+        mtmd_cpp.mtmd_helper_log_set(_LOG["callback"], ctypes.c_void_p(0))
+        _LOG["mtmd"] = True

@@ -12,7 +12,6 @@ resizes nor slices it) into its embeddings, [tokens_per_tile, n_embd] float32.
 from __future__ import annotations
 
 import ctypes
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,34 +82,11 @@ class ProjectorInfo:
         return cls(p, ptype, tile, patch, scale, max_tiles, n_embd, size, n_params)
 
 
-_LOG: dict[str, Any] = {"verbose": False, "callback": None}
-
-
-def set_mtmd_log(verbose: bool) -> None:
-    """mtmd's own log (clip.cpp's loading and timings): dropped, or to stderr when verbose."""
-    import llama_cpp
-    from llama_cpp import mtmd_cpp
-
-    _LOG["verbose"] = verbose
-    if _LOG["callback"] is None:
-        @llama_cpp.llama_log_callback
-        def _callback(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - C calls it
-            if _LOG["verbose"] and text:
-                try:
-                    sys.stderr.write(text.decode("utf-8", "replace"))
-                    sys.stderr.flush()
-                except Exception:
-                    pass
-
-        _LOG["callback"] = _callback
-        mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
-
-
 class Projector:
     """An mtmd context for a Llama 4 projector, bound to a loaded text model."""
 
     def __init__(self, info: ProjectorInfo, llama: Any, *, n_threads: int | None = None,
-                 use_gpu: bool = False, verbose: bool = False):
+                 use_gpu: bool = False):
         import llama_cpp
         from llama_cpp import mtmd_cpp
 
@@ -120,7 +96,9 @@ class Projector:
             raise UsageError(f"{info.path} projects to {info.n_embd} dimensions; the model has {model_embd}: "
                              "this projector belongs to another model",
                              hint="pass the model's own mmproj file with --mmproj")
-        set_mtmd_log(verbose)
+        from llamactl.engine import bindings
+
+        bindings.route_mtmd_log()
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = bool(use_gpu)
         params.print_timings = False
@@ -208,7 +186,10 @@ def decode_embeddings(llama: Any, embd: "np.ndarray", placeholders: list[int]) -
     import llama_cpp
     import numpy as np
 
+    from llamactl.engine import bindings
+
     n, n_embd = embd.shape
+    keep_all = bindings.logits_all(llama)
     if len(placeholders) != n:
         raise ValueError("one placeholder per embedding row")
     step = max(1, int(llama.n_batch))
@@ -225,28 +206,13 @@ def decode_embeddings(llama: Any, embd: "np.ndarray", placeholders: list[int]) -
                 batch.pos[j] = n_past + j
                 batch.n_seq_id[j] = 1
                 batch.seq_id[j][0] = 0
-                batch.logits[j] = bool(llama._logits_all) or j == k - 1
+                batch.logits[j] = keep_all or j == k - 1
             rc = llama_cpp.llama_decode(llama.ctx, batch)
             if rc != 0:
                 raise IntegrityError(f"llama.cpp could not evaluate image embeddings (llama_decode {rc})")
-            _record(llama, n_past, placeholders[i:i + k])
+            bindings.record_evaluated(llama, n_past, placeholders[i:i + k])
     finally:
         llama_cpp.llama_batch_free(batch)
-
-
-def _record(llama: Any, n_past: int, ids: list[int]) -> None:
-    """What `Llama.eval` records after a decode (0.3.36): the ids of the evaluated
-    positions, their logits when the context keeps all logits, the new token count."""
-    import llama_cpp
-    import numpy as np
-
-    k = len(ids)
-    llama.input_ids[n_past:n_past + k] = ids
-    if llama._logits_all:
-        n_vocab = int(llama.n_vocab())
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(k * n_vocab,))
-        llama.scores[n_past:n_past + k, :].reshape(-1)[::] = logits
-    llama.n_tokens += k
 
 
 # ------------------------------------------------------------------ images in a prompt
