@@ -60,6 +60,35 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """The CLI in this process, as `cli` is used (returncode, out, err) but without starting
+    an interpreter: for what the core decides (resolution, pulls, plans, removals). Keep
+    `cli` for signals, terminals, start-up and anything huggingface_hub reads at import
+    (HF_HOME's token file)."""
+    from types import SimpleNamespace
+
+    from llamactl.cli.app import main
+
+    def run(*args: str, input: str = "", env: dict | None = None) -> SimpleNamespace:
+        import io
+
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            m.setattr(sys, "stdin", io.StringIO(input))
+            capsys.readouterr()
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, out=out, err=err)
+
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     gpu = None
     for item in items:

@@ -26,8 +26,8 @@ EXPECTED = {
 }
 
 
-def test_models_json_lists_the_five_models_with_their_sources(cli):
-    proc = cli("models", "--json")
+def test_models_json_lists_the_five_models_with_their_sources(cli_here):
+    proc = cli_here("models", "--json")
     assert proc.returncode == 0, proc.err
     doc = {e["name"]: e for e in json.loads(proc.out)}
     assert set(doc) == set(EXPECTED)
@@ -37,12 +37,12 @@ def test_models_json_lists_the_five_models_with_their_sources(cli):
         assert e["default_tag"] == "q4_k_m"
     assert doc["llama4-maverick"]["experts"] == 128 and doc["llama4-scout"]["experts"] == 16
     assert doc["llama4-scout"]["context_length"] == 10 * 1024 * 1024
-    plain = cli("models")
+    plain = cli_here("models")
     assert "llama4-scout" in plain.out and "10M" in plain.out
     assert "…" not in plain.out  # piped: nothing truncated
 
 
-def test_user_entries_add_and_replace_models(cli, isolated_home):
+def test_user_entries_add_and_replace_models(cli_here, isolated_home):
     cfg = isolated_home / "config"
     cfg.mkdir(parents=True)
     (cfg / "catalog.json").write_text(json.dumps({"models": [
@@ -51,14 +51,14 @@ def test_user_entries_add_and_replace_models(cli, isolated_home):
         {"name": "llama3.2-1b", "aliases": ["1b"], "gguf_repos": ["mirror/Llama-3.2-1B-GGUF"],
          "license": "llama3.2"},
     ]}))
-    doc = {e["name"]: e for e in json.loads(cli("models", "--json").out)}
+    doc = {e["name"]: e for e in json.loads(cli_here("models", "--json").out)}
     assert doc["my-llama"]["default_tag"] == "q8_0" and doc["my-llama"]["source"] == "user"
     assert doc["llama3.2-1b"]["gguf_repos"] == ["mirror/Llama-3.2-1B-GGUF"]
     assert len(doc) == 6
     ref = refs.parse("mine")
     assert ref.entry.name == "my-llama" and ref.with_tag(ref.tag or ref.default_tag) == "my-llama:q8_0"
     (cfg / "catalog.json").write_text('{"models": [{"name": "x", "colour": "red"}]}')
-    bad = cli("models")
+    bad = cli_here("models")
     assert bad.returncode == 1
     assert "colour" in bad.err and "Traceback" not in bad.err
 

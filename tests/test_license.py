@@ -36,44 +36,44 @@ def test_summary_is_llamactls_own_words_and_covers_the_terms():
     assert "European Union" not in " ".join(licenses.get_family("llama3.3").summary())
 
 
-def test_accept_show_list_revoke(cli, isolated_home):
-    shown = json.loads(cli("license", "show", "llama4", "--json").out)
+def test_accept_show_list_revoke(cli_here, isolated_home):
+    shown = json.loads(cli_here("license", "show", "llama4", "--json").out)
     assert shown["accepted"] is None
     assert shown["catalog_models"] == ["llama4-maverick", "llama4-scout"]
-    proc = cli("license", "accept", "llama4", "--json")
+    proc = cli_here("license", "accept", "llama4", "--json")
     assert proc.returncode == 0, proc.err
     record = json.loads(proc.out)
     assert record["family"] == "llama4" and record["llamactl_version"] and record["accepted_at"]
     stored = json.loads((isolated_home / "config" / "licenses.json").read_text())
     assert "llama4" in stored["accepted"]
-    rows = {r["family"]: r for r in json.loads(cli("license", "list", "--json").out)}
+    rows = {r["family"]: r for r in json.loads(cli_here("license", "list", "--json").out)}
     assert rows["llama4"]["accepted"] and not rows["llama3.2"]["accepted"]
-    shown = cli("license", "show", "llama4")
+    shown = cli_here("license", "show", "llama4")
     assert "Built with Llama" in shown.out and "accepted: 20" in shown.out
-    assert cli("license", "revoke", "llama4").returncode == 0
-    assert json.loads(cli("license", "show", "llama4", "--json").out)["accepted"] is None
-    unknown = cli("license", "accept", "llama9")
+    assert cli_here("license", "revoke", "llama4").returncode == 0
+    assert json.loads(cli_here("license", "show", "llama4", "--json").out)["accepted"] is None
+    unknown = cli_here("license", "accept", "llama9")
     assert unknown.returncode == 4
     assert "llama3.2" in unknown.err
 
 
-def test_revoked_license_closes_the_gate_again(cli, hubsim, small_gguf, tmp_path):
+def test_revoked_license_closes_the_gate_again(cli_here, hubsim, small_gguf, tmp_path):
     f = small_gguf(tmp_path / "m.gguf")[0]
     hubsim.add_repo("bartowski/Llama-3.2-3B-Instruct-GGUF", {"Llama-3.2-3B-Instruct-Q4_K_M.gguf": f},
                     license="llama3.2")
-    cli("license", "accept", "llama3.2")
-    cli("license", "revoke", "llama3.2")
-    assert cli("pull", "3b").returncode == 3
+    cli_here("license", "accept", "llama3.2")
+    cli_here("license", "revoke", "llama3.2")
+    assert cli_here("pull", "3b").returncode == 3
 
 
-def test_hub_license_tag_gates_a_repository_outside_the_catalog(cli, hubsim, small_gguf, tmp_path):
+def test_hub_license_tag_gates_a_repository_outside_the_catalog(cli_here, hubsim, small_gguf, tmp_path):
     f = small_gguf(tmp_path / "m.gguf")[0]
     hubsim.add_repo("someone/Finetune-GGUF", {"Finetune-Q4_K_M.gguf": f}, license="llama3.3")
     hubsim.add_repo("someone/Apache-GGUF", {"Apache-Q4_K_M.gguf": f}, license="apache-2.0")
-    gated = cli("pull", "hf.co/someone/Finetune-GGUF")
+    gated = cli_here("pull", "hf.co/someone/Finetune-GGUF")
     assert gated.returncode == 3
     assert "llamactl license accept llama3.3" in gated.err
-    free = cli("pull", "hf.co/someone/Apache-GGUF")
+    free = cli_here("pull", "hf.co/someone/Apache-GGUF")
     assert free.returncode == 0, free.err
 
 

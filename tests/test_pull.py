@@ -1,5 +1,6 @@
 """`llamactl pull` against the loopback Hub (tests/hubsim): the real huggingface_hub client,
-the real CLI in a subprocess."""
+the real CLI (in this process; in a subprocess where a signal, a second process or the
+token file huggingface_hub locates at import is involved)."""
 
 from __future__ import annotations
 
@@ -45,18 +46,18 @@ def one_b(hubsim, small_gguf, tmp_path):
     return {"q4": q4, "q8": q8}
 
 
-def test_pull_without_accepted_license_exits_3_before_any_weight_request(cli, hubsim, one_b):
-    proc = cli("pull", "1b")
+def test_pull_without_accepted_license_exits_3_before_any_weight_request(cli_here, hubsim, one_b):
+    proc = cli_here("pull", "1b")
     assert proc.returncode == 3, proc.err
     assert "--accept-license" in proc.err
     assert "llamactl license accept llama3.2" in proc.err
     assert proc.out == ""
     assert weight_requests(hubsim) == []  # no HEAD, no GET of any .gguf
-    assert json.loads(cli("list", "--json").out) == []
+    assert json.loads(cli_here("list", "--json").out) == []
 
 
-def test_pull_by_alias_with_accept_license_registers_a_verified_file(cli, hubsim, one_b):
-    proc = cli("pull", "1b", "--accept-license", "--json")
+def test_pull_by_alias_with_accept_license_registers_a_verified_file(cli_here, hubsim, one_b):
+    proc = cli_here("pull", "1b", "--accept-license", "--json")
     assert proc.returncode == 0, proc.err
     entry = json.loads(proc.out)
     assert entry["name"] == "llama3.2-1b:q4_k_m"
@@ -70,58 +71,58 @@ def test_pull_by_alias_with_accept_license_registers_a_verified_file(cli, hubsim
     assert path.resolve().name == entry["files"][0]["sha256"]
     assert "models--bartowski--Llama-3.2-1B-Instruct-GGUF" in str(path)
     # The acceptance was recorded.
-    licenses = json.loads(cli("license", "list", "--json").out)
+    licenses = json.loads(cli_here("license", "list", "--json").out)
     assert {r["family"]: r["accepted"] for r in licenses}["llama3.2"] is True
     # The same model again: no network at all, same path printed.
     before = len(hubsim.log)
-    again = cli("pull", "llama3.2-1b")
+    again = cli_here("pull", "llama3.2-1b")
     assert again.returncode == 0, again.err
     assert again.out.strip() == str(path)
     assert "already" in again.err
     assert len(hubsim.log) == before
 
 
-def test_pull_plain_output_is_the_path_and_quiet_is_silent(cli, hubsim, one_b):
-    proc = cli("pull", "1b", "--accept-license", "--quiet")
+def test_pull_plain_output_is_the_path_and_quiet_is_silent(cli_here, hubsim, one_b):
+    proc = cli_here("pull", "1b", "--accept-license", "--quiet")
     assert proc.returncode == 0, proc.err
     assert proc.err == ""
     assert Path(proc.out.strip()).is_file()
 
 
-def test_license_accept_command_opens_the_gate(cli, hubsim, one_b):
-    assert cli("license", "accept", "llama3.2").returncode == 0
-    proc = cli("pull", "1b")
+def test_license_accept_command_opens_the_gate(cli_here, hubsim, one_b):
+    assert cli_here("license", "accept", "llama3.2").returncode == 0
+    proc = cli_here("pull", "1b")
     assert proc.returncode == 0, proc.err
     assert "downloading" in proc.err  # a plain line per file when stderr is not a terminal
 
 
-def test_pull_hf_reference_with_a_tag_in_any_case(cli, hubsim, one_b):
-    proc = cli("pull", f"hf.co/{ONE_B}:Q8_0", "--accept-license", "--json")
+def test_pull_hf_reference_with_a_tag_in_any_case(cli_here, hubsim, one_b):
+    proc = cli_here("pull", f"hf.co/{ONE_B}:Q8_0", "--accept-license", "--json")
     assert proc.returncode == 0, proc.err
     entry = json.loads(proc.out)
     assert entry["name"] == f"hf.co/{ONE_B}:q8_0"
     assert sha256(Path(entry["path"])) == sha256(one_b["q8"])
 
 
-def test_unknown_tag_lists_the_quants_the_repository_has(cli, hubsim, one_b):
-    proc = cli("pull", f"hf.co/{ONE_B}:q5_k_m", "--accept-license")
+def test_unknown_tag_lists_the_quants_the_repository_has(cli_here, hubsim, one_b):
+    proc = cli_here("pull", f"hf.co/{ONE_B}:q5_k_m", "--accept-license")
     assert proc.returncode == 4
     assert "q4_k_m" in proc.err and "q8_0" in proc.err
     assert weight_requests(hubsim) == []
 
 
-def test_bare_repository_without_q4_k_m_is_an_error_listing_its_quants(cli, hubsim, small_gguf, tmp_path):
+def test_bare_repository_without_q4_k_m_is_an_error_listing_its_quants(cli_here, hubsim, small_gguf, tmp_path):
     f = small_gguf(tmp_path / "a.gguf")[0]
     hubsim.add_repo("someone/Other-GGUF", {"Other-Q8_0.gguf": f, "Other-F16.gguf": f})
-    proc = cli("pull", "hf.co/someone/Other-GGUF")
+    proc = cli_here("pull", "hf.co/someone/Other-GGUF")
     assert proc.returncode == 4
     assert "q8_0" in proc.err and "f16" in proc.err
-    ok = cli("pull", "hf://someone/Other-GGUF/Other-F16.gguf", "--json")
+    ok = cli_here("pull", "hf://someone/Other-GGUF/Other-F16.gguf", "--json")
     assert ok.returncode == 0, ok.err
     assert json.loads(ok.out)["name"] == "hf.co/someone/Other-GGUF:f16"
 
 
-def test_split_files_in_a_subfolder_from_the_second_source(cli, hubsim, small_gguf, tmp_path):
+def test_split_files_in_a_subfolder_from_the_second_source(cli_here, hubsim, small_gguf, tmp_path):
     # Scout's first GGUF source (ggml-org) is absent here: the catalog falls back to unsloth.
     parts = small_gguf(tmp_path / "split" / "Scout-UD-Q4_K_XL.gguf", split=3, license="llama4")
     files = {f"UD-Q4_K_XL/Llama-4-Scout-17B-16E-Instruct-UD-Q4_K_XL-{i + 1:05d}-of-00003.gguf": p
@@ -129,7 +130,7 @@ def test_split_files_in_a_subfolder_from_the_second_source(cli, hubsim, small_gg
     other = small_gguf(tmp_path / "x.gguf")[0]
     files["Llama-4-Scout-17B-16E-Instruct-Q8_0.gguf"] = other
     hubsim.add_repo("unsloth/Llama-4-Scout-17B-16E-Instruct-GGUF", files, license="other")
-    proc = cli("pull", "scout:UD-Q4_K_XL", "--accept-license", "--json")
+    proc = cli_here("pull", "scout:UD-Q4_K_XL", "--accept-license", "--json")
     assert proc.returncode == 0, proc.err
     entry = json.loads(proc.out)
     assert entry["name"] == "llama4-scout:ud-q4_k_xl"
@@ -140,7 +141,7 @@ def test_split_files_in_a_subfolder_from_the_second_source(cli, hubsim, small_gg
     assert entry["path"].endswith("-00001-of-00003.gguf")
     assert len(gguf_gets(hubsim, "-of-00003.gguf")) == 3
     # show reads the header of every part through the registered name.
-    show = cli("show", "scout:ud-q4_k_xl", "--json")
+    show = cli_here("show", "scout:ud-q4_k_xl", "--json")
     assert show.returncode == 0, show.err
     doc = json.loads(show.out)
     assert len(doc["paths"]) == 3 and doc["license_family"] == "llama4"
@@ -173,49 +174,49 @@ def test_gated_repository_is_exit_5_and_never_shows_the_token(cli, hubsim, one_b
     assert good not in saved.err + saved.out
 
 
-def test_corrupted_download_exits_7_registers_nothing_and_a_later_pull_succeeds(cli, hubsim, one_b):
+def test_corrupted_download_exits_7_registers_nothing_and_a_later_pull_succeeds(cli_here, hubsim, one_b):
     hubsim.corrupt.add("Llama-3.2-1B-Instruct-Q4_K_M.gguf")
-    proc = cli("pull", "1b", "--accept-license")
+    proc = cli_here("pull", "1b", "--accept-license")
     assert proc.returncode == 7, proc.err
     assert "sha256" in proc.err
-    assert json.loads(cli("list", "--json").out) == []
+    assert json.loads(cli_here("list", "--json").out) == []
     cache = Path(os.environ["HF_HOME"]) / "hub" / "models--bartowski--Llama-3.2-1B-Instruct-GGUF"
     assert list((cache / "blobs").iterdir()) == []  # neither the bad blob nor a partial file
     hubsim.clear_faults()
-    again = cli("pull", "1b", "--json")
+    again = cli_here("pull", "1b", "--json")
     assert again.returncode == 0, again.err
     assert sha256(Path(json.loads(again.out)["path"])) == sha256(one_b["q4"])
 
 
-def test_tampered_cache_file_is_found_deleted_and_fetched_again(cli, hubsim, one_b):
-    first = json.loads(cli("pull", "1b", "--accept-license", "--json").out)
+def test_tampered_cache_file_is_found_deleted_and_fetched_again(cli_here, hubsim, one_b):
+    first = json.loads(cli_here("pull", "1b", "--accept-license", "--json").out)
     blob = Path(first["files"][0]["blob"])
     # Another tool left a bad copy of the Q8 blob in the shared cache.
     q8_sha = sha256(one_b["q8"])
     bad = blob.parent / q8_sha
     bad.write_bytes(b"\0" * one_b["q8"].stat().st_size)
-    proc = cli("pull", "1b:q8_0")
+    proc = cli_here("pull", "1b:q8_0")
     assert proc.returncode == 7, proc.err
     assert not bad.exists()
-    ok = cli("pull", "1b:q8_0", "--json")
+    ok = cli_here("pull", "1b:q8_0", "--json")
     assert ok.returncode == 0, ok.err
     assert sha256(Path(json.loads(ok.out)["path"])) == q8_sha
 
 
-def test_not_enough_disk_space_exits_8_before_the_first_byte(cli, hubsim, one_b):
-    proc = cli("pull", "1b", "--accept-license", env={"LLAMACTL_FAKE_FREE_BYTES": "1000"})
+def test_not_enough_disk_space_exits_8_before_the_first_byte(cli_here, hubsim, one_b):
+    proc = cli_here("pull", "1b", "--accept-license", env={"LLAMACTL_FAKE_FREE_BYTES": "1000"})
     assert proc.returncode == 8, proc.err
     assert "needs" in proc.err and "free" in proc.err
     assert gguf_gets(hubsim) == []
-    assert json.loads(cli("list", "--json").out) == []
+    assert json.loads(cli_here("list", "--json").out) == []
 
 
-def test_revision_is_honoured_and_a_bad_one_is_exit_4(cli, hubsim, one_b):
+def test_revision_is_honoured_and_a_bad_one_is_exit_4(cli_here, hubsim, one_b):
     commit = hubsim.repos[ONE_B].commit
-    proc = cli("pull", "1b", "--accept-license", "--revision", commit, "--json")
+    proc = cli_here("pull", "1b", "--accept-license", "--revision", commit, "--json")
     assert proc.returncode == 0, proc.err
     assert json.loads(proc.out)["revision"] == commit
-    bad = cli("pull", "1b", "--revision", "no-such-branch")
+    bad = cli_here("pull", "1b", "--revision", "no-such-branch")
     assert bad.returncode == 4
 
 
@@ -261,17 +262,17 @@ def test_pull_killed_mid_download_resumes_with_a_range_request(cli, hubsim, big_
 
 
 @pytest.mark.slow
-def test_pull_after_a_dropped_connection_continues_from_where_it_stopped(cli, hubsim, big_gguf):
+def test_pull_after_a_dropped_connection_continues_from_where_it_stopped(cli_here, hubsim, big_gguf):
     name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
     hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
     hubsim.cut_after[name] = 11 * 1024 * 1024
     hubsim.fail_after_cut[name] = 100  # the connection stays broken for this process
-    proc = cli("pull", "1b", "--accept-license")
+    proc = cli_here("pull", "1b", "--accept-license")
     assert proc.returncode == 6, proc.err
     assert "again" in proc.err
     hubsim.clear_faults()
     before = len(gguf_gets(hubsim))
-    again = cli("pull", "1b", "--json")
+    again = cli_here("pull", "1b", "--json")
     assert again.returncode == 0, again.err
     gets = gguf_gets(hubsim)[before:]
     assert [g["range"] for g in gets] == ["bytes=10485760-"]  # not the whole file again
@@ -356,25 +357,25 @@ def test_a_registered_hub_model_whose_file_is_gone_is_pulled_again(hubsim, one_b
     assert again.status == "pulled" and sha256(again.path) == sha256(one_b["q4"])
 
 
-def test_gguf_general_license_gates_a_repository_without_a_license_tag(cli, hubsim, small_gguf, tmp_path):
+def test_gguf_general_license_gates_a_repository_without_a_license_tag(cli_here, hubsim, small_gguf, tmp_path):
     f = small_gguf(tmp_path / "n.gguf", license="Llama 3.3 Community License")[0]
     hubsim.add_repo("someone/Untagged-GGUF", {"Untagged-Q4_K_M.gguf": f})  # no license tag
-    refused = cli("pull", "hf.co/someone/Untagged-GGUF")
+    refused = cli_here("pull", "hf.co/someone/Untagged-GGUF")
     assert refused.returncode == 3, refused.err
     assert "llamactl license accept llama3.3" in refused.err
-    assert json.loads(cli("list", "--json").out) == []  # not registered
-    ok = cli("pull", "hf.co/someone/Untagged-GGUF", "--accept-license", "--json")
+    assert json.loads(cli_here("list", "--json").out) == []  # not registered
+    ok = cli_here("pull", "hf.co/someone/Untagged-GGUF", "--accept-license", "--json")
     assert ok.returncode == 0, ok.err
     assert json.loads(ok.out)["license"] == "llama3.3"
 
 
-def test_offline_or_unreachable_hub_is_exit_6(cli, one_b, hubsim):
-    offline = cli("pull", "1b", "--accept-license", env={"HF_HUB_OFFLINE": "1"})
+def test_offline_or_unreachable_hub_is_exit_6(cli_here, one_b, hubsim):
+    offline = cli_here("pull", "1b", "--accept-license", env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 6
     assert "HF_HUB_OFFLINE" in offline.err
     url = hubsim.url
     hubsim.stop()
-    down = cli("pull", "1b", "--accept-license", env={"HF_ENDPOINT": url})
+    down = cli_here("pull", "1b", "--accept-license", env={"HF_ENDPOINT": url})
     assert down.returncode == 6, down.err
     assert "Traceback" not in down.err
 
@@ -405,10 +406,10 @@ def test_ctrl_c_mid_download_exits_130_and_the_next_pull_resumes(cli, hubsim, bi
     assert [g["range"] for g in gguf_gets(hubsim)[before:]] == ["bytes=10485760-"]
 
 
-def test_files_behind_a_cdn_redirect_are_fetched_without_the_token(cli, hubsim, one_b):
+def test_files_behind_a_cdn_redirect_are_fetched_without_the_token(cli_here, hubsim, one_b):
     hubsim.redirect_lfs = True  # as on the Hub: LFS files answer 302 to a signed URL elsewhere
     token = "hf_REDIRECTsecret0123456789"
-    proc = cli("pull", "1b", "--accept-license", "--json", env={"HF_TOKEN": token})
+    proc = cli_here("pull", "1b", "--accept-license", "--json", env={"HF_TOKEN": token})
     assert proc.returncode == 0, proc.err
     assert sha256(Path(json.loads(proc.out)["path"])) == sha256(one_b["q4"])
     cdn = [r for r in hubsim.log if r["path"].startswith("/cdn/")]
@@ -418,24 +419,24 @@ def test_files_behind_a_cdn_redirect_are_fetched_without_the_token(cli, hubsim, 
 
 
 @pytest.mark.slow
-def test_resume_through_a_cdn_redirect(cli, hubsim, big_gguf):
+def test_resume_through_a_cdn_redirect(cli_here, hubsim, big_gguf):
     name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
     hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
     hubsim.redirect_lfs = True
     hubsim.cut_after[name] = 11 * 1024 * 1024
     hubsim.fail_after_cut[name] = 100
-    assert cli("pull", "1b", "--accept-license").returncode == 6
+    assert cli_here("pull", "1b", "--accept-license").returncode == 6
     hubsim.clear_faults()
     before = len(hubsim.log)
-    again = cli("pull", "1b", "--json")
+    again = cli_here("pull", "1b", "--json")
     assert again.returncode == 0, again.err
     gets = [r for r in hubsim.log[before:] if r["method"] == "GET" and r["path"].startswith("/cdn/")]
     assert [g["range"] for g in gets] == ["bytes=10485760-"]
     assert sha256(Path(json.loads(again.out)["path"])) == sha256(big_gguf)
 
 
-def test_pulled_files_are_found_by_other_hugging_face_tools(cli, hubsim, one_b):
-    entry = json.loads(cli("pull", "1b", "--accept-license", "--json").out)
+def test_pulled_files_are_found_by_other_hugging_face_tools(cli_here, hubsim, one_b):
+    entry = json.loads(cli_here("pull", "1b", "--accept-license", "--json").out)
     from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
     cache = Path(os.environ["HF_HOME"]) / "hub"
@@ -453,15 +454,15 @@ def test_pulled_files_are_found_by_other_hugging_face_tools(cli, hubsim, one_b):
 
 
 @pytest.mark.slow
-def test_resume_when_the_server_ignores_the_range_starts_over_and_still_verifies(cli, hubsim, big_gguf):
+def test_resume_when_the_server_ignores_the_range_starts_over_and_still_verifies(cli_here, hubsim, big_gguf):
     name = "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
     hubsim.add_repo(ONE_B, {name: big_gguf}, license="llama3.2")
     hubsim.cut_after[name] = 11 * 1024 * 1024
     hubsim.fail_after_cut[name] = 100
-    assert cli("pull", "1b", "--accept-license").returncode == 6
+    assert cli_here("pull", "1b", "--accept-license").returncode == 6
     hubsim.clear_faults()
     hubsim.ignore_range = True
-    again = cli("pull", "1b", "--json")
+    again = cli_here("pull", "1b", "--json")
     assert again.returncode == 0, again.err
     path = Path(json.loads(again.out)["path"])
     assert path.stat().st_size == big_gguf.stat().st_size  # not the old prefix plus the whole file

@@ -24,8 +24,8 @@ def official_repo(hubsim, tiny_checkpoint):
 
 
 @pytest.mark.slow
-def test_pull_from_safetensors_converts_quantizes_and_registers(cli, hubsim, official_repo):
-    proc = cli("pull", "1b", "--from", "safetensors", "--quant", "q8_0", "--accept-license", "--json",
+def test_pull_from_safetensors_converts_quantizes_and_registers(cli_here, hubsim, official_repo):
+    proc = cli_here("pull", "1b", "--from", "safetensors", "--quant", "q8_0", "--accept-license", "--json",
                env={"HF_TOKEN": TOKEN})
     assert proc.returncode == 0, proc.err
     entry = json.loads(proc.out)
@@ -44,32 +44,32 @@ def test_pull_from_safetensors_converts_quantizes_and_registers(cli, hubsim, off
     assert "config.json" in fetched and any(f.endswith(".safetensors") for f in fetched)
     folder = Path(entry["path"]).parent
     assert sorted(p.name for p in folder.iterdir()) == [Path(entry["path"]).name]
-    names = [e["name"] for e in json.loads(cli("list", "--json").out)]
+    names = [e["name"] for e in json.loads(cli_here("list", "--json").out)]
     assert names == ["llama3.2-1b:q8_0"]
     # Pulled once: a second pull finds it.
-    again = cli("pull", "1b:q8_0", "--from", "safetensors")
+    again = cli_here("pull", "1b:q8_0", "--from", "safetensors")
     assert again.returncode == 0 and "already" in again.err
     # rm deletes the converted file (it lives in llamactl's models folder).
-    assert cli("rm", "1b:q8_0", "--yes").returncode == 0
+    assert cli_here("rm", "1b:q8_0", "--yes").returncode == 0
     assert not Path(entry["path"]).exists()
 
 
 @pytest.mark.slow
-def test_keep_intermediate_registers_the_full_precision_gguf(cli, hubsim, official_repo):
-    proc = cli("pull", "1b:q8_0", "--from", "safetensors", "--keep-intermediate", "--accept-license",
+def test_keep_intermediate_registers_the_full_precision_gguf(cli_here, hubsim, official_repo):
+    proc = cli_here("pull", "1b:q8_0", "--from", "safetensors", "--keep-intermediate", "--accept-license",
                "--json", "--quiet", env={"HF_TOKEN": TOKEN})
     assert proc.returncode == 0, proc.err
-    names = [e["name"] for e in json.loads(cli("list", "--json").out)]
+    names = [e["name"] for e in json.loads(cli_here("list", "--json").out)]
     assert names == ["llama3.2-1b:f16", "llama3.2-1b:q8_0"]  # convert's default for a float32 source
-    for e in json.loads(cli("list", "--json").out):
+    for e in json.loads(cli_here("list", "--json").out):
         assert Path(e["path"]).is_file()
 
 
-def test_safetensors_pull_is_gated_like_any_pull(cli, hubsim, official_repo):
-    refused = cli("pull", "1b", "--from", "safetensors", env={"HF_TOKEN": TOKEN})
+def test_safetensors_pull_is_gated_like_any_pull(cli_here, hubsim, official_repo):
+    refused = cli_here("pull", "1b", "--from", "safetensors", env={"HF_TOKEN": TOKEN})
     assert refused.returncode == 3
     assert [r for r in hubsim.log if "/resolve/" in r["path"]] == []
-    no_access = cli("pull", "1b", "--from", "safetensors", "--accept-license")
+    no_access = cli_here("pull", "1b", "--from", "safetensors", "--accept-license")
     assert no_access.returncode == 5
     assert f"{hubsim.url}/{OFFICIAL}" in no_access.err
 
@@ -80,7 +80,7 @@ def test_safetensors_pull_is_gated_like_any_pull(cli, hubsim, official_repo):
     ["1b:q4_k_m", "--from", "safetensors", "--quant", "q8_0"],  # two different quants
     ["1b", "--from", "safetensors", "--quant", "q9_9"],
 ])
-def test_bad_flag_combinations_are_usage_errors_before_any_request(cli, hubsim, args):
-    proc = cli("pull", *args)
+def test_bad_flag_combinations_are_usage_errors_before_any_request(cli_here, hubsim, args):
+    proc = cli_here("pull", *args)
     assert proc.returncode == 2, proc.err
     assert hubsim.log == []

@@ -68,9 +68,9 @@ def test_listed_types_load_generate_and_fit_their_size(qtype, tiny_gguf, tmp_pat
 
 
 @pytest.mark.parametrize("qtype", ["IQ1_S", "IQ2_XXS", "IQ2_M", "IQ3_XXS", "Q2_K_S"])
-def test_imatrix_types_refused_without_one(qtype, tiny_gguf, tmp_path, cli):
+def test_imatrix_types_refused_without_one(qtype, tiny_gguf, tmp_path, cli_here):
     out = tmp_path / "m.gguf"
-    proc = cli("quantize", str(tiny_gguf), qtype, "-o", str(out))
+    proc = cli_here("quantize", str(tiny_gguf), qtype, "-o", str(out))
     assert proc.returncode == 2
     assert "importance matrix" in proc.err and "--imatrix" in proc.err
     assert proc.out == ""
@@ -78,10 +78,10 @@ def test_imatrix_types_refused_without_one(qtype, tiny_gguf, tmp_path, cli):
 
 
 @pytest.mark.parametrize("qtype", list(IMATRIX_BPW))
-def test_imatrix_types_work_with_an_imatrix(qtype, tiny_gguf, tmp_path, cli):
+def test_imatrix_types_work_with_an_imatrix(qtype, tiny_gguf, tmp_path, cli_here):
     imatrix = write_imatrix(tiny_gguf, tmp_path / "tiny.imatrix.gguf")
     out = tmp_path / "m.gguf"
-    proc = cli("quantize", str(tiny_gguf), qtype, "-o", str(out), "--imatrix", str(imatrix), "--json")
+    proc = cli_here("quantize", str(tiny_gguf), qtype, "-o", str(out), "--imatrix", str(imatrix), "--json")
     assert proc.returncode == 0, proc.err
     doc = json.loads(proc.out)
     assert doc["qtype"] == qtype and doc["imatrix"] == str(imatrix)
@@ -94,7 +94,8 @@ def test_legacy_imatrix_dat_is_read(tiny_gguf, tmp_path):
     """The legacy binary format (imatrix.dat) gives the same values as the GGUF one."""
     import numpy as np
 
-    from llamactl.quantize import load_imatrix, quantize_gguf
+    from llamactl.imatrix import load_imatrix
+    from llamactl.quantize import quantize_gguf
 
     gguf_im = load_imatrix(write_imatrix(tiny_gguf, tmp_path / "a.imatrix.gguf"))
     dat = tmp_path / "imatrix.dat"
@@ -113,13 +114,13 @@ def test_legacy_imatrix_dat_is_read(tiny_gguf, tmp_path):
     assert generates(quantize_gguf(tiny_gguf, tmp_path / "m.gguf", "IQ2_XXS", imatrix=dat).path)
 
 
-def test_failure_inside_llama_cpp_leaves_nothing(tiny_gguf, tmp_path, cli):
+def test_failure_inside_llama_cpp_leaves_nothing(tiny_gguf, tmp_path, cli_here):
     """An imatrix without an entry for one tensor: llama.cpp stops half-way; the error is
     one line, exit 1, and neither the output nor a temporary file is left."""
     imatrix = write_imatrix(tiny_gguf, tmp_path / "partial.imatrix.gguf", skip=("blk.1.ffn_up.weight",))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = cli("quantize", str(tiny_gguf), "IQ2_XXS", "-o", str(out_dir / "m.gguf"), "--imatrix", str(imatrix))
+    proc = cli_here("quantize", str(tiny_gguf), "IQ2_XXS", "-o", str(out_dir / "m.gguf"), "--imatrix", str(imatrix))
     assert proc.returncode == 1
     errors = [line for line in proc.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "importance matrix" in errors[0] and "blk.1.ffn_up.weight" in errors[0]
@@ -127,27 +128,27 @@ def test_failure_inside_llama_cpp_leaves_nothing(tiny_gguf, tmp_path, cli):
     assert list(out_dir.iterdir()) == []
 
 
-def test_requantize_needs_the_flag(tiny_gguf_q8, tmp_path, cli):
+def test_requantize_needs_the_flag(tiny_gguf_q8, tmp_path, cli_here):
     src = tmp_path / "q8.gguf"
     shutil.copy(tiny_gguf_q8, src)
     out = tmp_path / "q4.gguf"
-    proc = cli("quantize", str(src), "Q4_0", "-o", str(out))
+    proc = cli_here("quantize", str(src), "Q4_0", "-o", str(out))
     assert proc.returncode == 1
     assert "already quantized" in proc.err and "quality" in proc.err and "--allow-requantize" in proc.err
     assert not out.exists() and leftovers(tmp_path) == []
-    proc = cli("quantize", str(src), "Q4_0", "-o", str(out), "--allow-requantize")
+    proc = cli_here("quantize", str(src), "Q4_0", "-o", str(out), "--allow-requantize")
     assert proc.returncode == 0, proc.err
     assert proc.out.strip() == str(out)
     assert generates(out)
 
 
-def test_dry_run_prints_the_size_and_writes_nothing(tiny_gguf, tmp_path, cli):
+def test_dry_run_prints_the_size_and_writes_nothing(tiny_gguf, tmp_path, cli_here):
     from llamactl.gguf_info import read_gguf
     from llamactl.quantize import quantize_gguf
 
     src = tmp_path / "tiny-f32.gguf"
     shutil.copy(tiny_gguf, src)
-    proc = cli("quantize", str(src), "Q4_K_M", "--dry-run")
+    proc = cli_here("quantize", str(src), "Q4_K_M", "--dry-run")
     assert proc.returncode == 0, proc.err
     estimate = int(proc.out.strip())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-f32.gguf"]
@@ -155,12 +156,12 @@ def test_dry_run_prints_the_size_and_writes_nothing(tiny_gguf, tmp_path, cli):
     assert abs(estimate - real) <= 0.02 * real + 8192
 
 
-def test_split_input_becomes_one_file(tiny_gguf, tmp_path, cli):
+def test_split_input_becomes_one_file(tiny_gguf, tmp_path, cli_here):
     from llamactl.gguf_info import read_gguf
 
     parts = split_gguf(tiny_gguf, tmp_path / "split", max_tensors=8)
     assert len(parts) == 3 and parts[0].name.endswith("-00001-of-00003.gguf")
-    proc = cli("quantize", str(parts[0]), "q8_0")
+    proc = cli_here("quantize", str(parts[0]), "q8_0")
     assert proc.returncode == 0, proc.err
     out = Path(proc.out.strip())
     assert out.name == parts[0].name.split("-00001-of-")[0].replace("-f32", "") + "-Q8_0.gguf"
@@ -169,9 +170,9 @@ def test_split_input_becomes_one_file(tiny_gguf, tmp_path, cli):
     assert generates(out)
 
 
-def test_disk_space_checked_first(tiny_gguf, tmp_path, cli):
+def test_disk_space_checked_first(tiny_gguf, tmp_path, cli_here):
     out = tmp_path / "m.gguf"
-    proc = cli("quantize", str(tiny_gguf), "Q4_K_M", "-o", str(out), env={"LLAMACTL_FAKE_FREE_BYTES": "1000"})
+    proc = cli_here("quantize", str(tiny_gguf), "Q4_K_M", "-o", str(out), env={"LLAMACTL_FAKE_FREE_BYTES": "1000"})
     assert proc.returncode == 8
     assert "disk space" in proc.err
     assert list(tmp_path.iterdir()) == []
@@ -192,29 +193,29 @@ def test_leave_output_tensor_and_pure(tiny_gguf, tmp_path):
     assert {v for k, v in pure.items() if k.startswith("blk.") and not k.endswith("norm.weight")} == {"Q4_K"}
 
 
-def test_bad_arguments(tiny_gguf, tmp_path, cli):
-    proc = cli("quantize", str(tiny_gguf), "Q9_Z")
+def test_bad_arguments(tiny_gguf, tmp_path, cli_here):
+    proc = cli_here("quantize", str(tiny_gguf), "Q9_Z")
     assert proc.returncode == 2 and "unknown quantization type" in proc.err
-    proc = cli("quantize", str(tmp_path / "missing.gguf"), "Q8_0")
+    proc = cli_here("quantize", str(tmp_path / "missing.gguf"), "Q8_0")
     assert proc.returncode == 4
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_bytes(b"not a gguf at all" * 10)
-    proc = cli("quantize", str(not_gguf), "Q8_0", "-o", str(tmp_path / "y.gguf"))
+    proc = cli_here("quantize", str(not_gguf), "Q8_0", "-o", str(tmp_path / "y.gguf"))
     assert proc.returncode == 7 and not (tmp_path / "y.gguf").exists()
     existing = tmp_path / "exists.gguf"
     existing.write_bytes(b"keep me")
-    proc = cli("quantize", str(tiny_gguf), "Q8_0", "-o", str(existing))
+    proc = cli_here("quantize", str(tiny_gguf), "Q8_0", "-o", str(existing))
     assert proc.returncode == 1 and "--force" in proc.err
     assert existing.read_bytes() == b"keep me"
 
 
-def test_registered_model_is_quantized_and_registered(tiny_gguf, cli, isolated_home):
+def test_registered_model_is_quantized_and_registered(tiny_gguf, cli_here, isolated_home):
     from llamactl import registry
 
     registry.put({"name": "tiny:f32", "model": "tiny", "tag": "f32", "source": "local",
                   "files": [{"filename": tiny_gguf.name, "path": str(tiny_gguf), "size": tiny_gguf.stat().st_size}],
                   "path": str(tiny_gguf), "size": tiny_gguf.stat().st_size, "license": "llama3.2"})
-    proc = cli("quantize", "tiny:f32", "q8_0")
+    proc = cli_here("quantize", "tiny:f32", "q8_0")
     assert proc.returncode == 0, proc.err
     entry = registry.get("tiny:q8_0")
     assert entry is not None and entry["quantized_from"] == "tiny:f32"
@@ -222,15 +223,15 @@ def test_registered_model_is_quantized_and_registered(tiny_gguf, cli, isolated_h
     path = Path(entry["path"])
     assert proc.out.strip() == str(path) and path.is_relative_to(isolated_home)
     assert generates(path)
-    listed = json.loads(cli("list", "--json").out)
+    listed = json.loads(cli_here("list", "--json").out)
     assert "tiny:q8_0" in [e["name"] for e in listed]
-    again = cli("quantize", "tiny:f32", "q8_0")
+    again = cli_here("quantize", "tiny:f32", "q8_0")
     assert again.returncode == 1 and "already on this machine" in again.err
-    proc = cli("quantize", "nothing-here:f16", "q8_0")
+    proc = cli_here("quantize", "nothing-here:f16", "q8_0")
     assert proc.returncode == 4
 
 
-def test_progress_reports_every_tensor(tiny_gguf, tmp_path, cli):
+def test_progress_reports_every_tensor(tiny_gguf, tmp_path, cli_here):
     from llamactl.gguf_info import read_gguf
     from llamactl.quantize import quantize_gguf
 
@@ -239,7 +240,7 @@ def test_progress_reports_every_tensor(tiny_gguf, tmp_path, cli):
     n = len(read_gguf(tiny_gguf).tensors)
     assert [i for _, i, _ in seen] == list(range(1, n + 1)) and {c for _, _, c in seen} == {n}
     assert {name for name, _, _ in seen} == {t.name for t in read_gguf(tiny_gguf).tensors}
-    proc = cli("quantize", str(tiny_gguf), "Q8_0", "-o", str(tmp_path / "b.gguf"))
+    proc = cli_here("quantize", str(tiny_gguf), "Q8_0", "-o", str(tmp_path / "b.gguf"))
     assert proc.returncode == 0, proc.err
     assert f"quantizing: tensor {n} of {n}" in proc.err
     assert proc.out.strip() == str(tmp_path / "b.gguf")      # stdout: the path only

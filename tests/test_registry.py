@@ -53,7 +53,7 @@ def test_registry_survives_a_process_killed_mid_write(cli, isolated_home):
 
 
 @pytest.fixture
-def two_quants_sharing_a_blob(cli, hubsim, small_gguf, tmp_path):
+def two_quants_sharing_a_blob(cli_here, hubsim, small_gguf, tmp_path):
     """Q4_K_M and Q8_0 with identical bytes (one blob in the HF cache), and an F16."""
     same = small_gguf(tmp_path / "same.gguf", tensor_bytes=8192)[0]
     f16 = small_gguf(tmp_path / "f16.gguf", tensor_bytes=4096 * 3)[0]
@@ -62,7 +62,7 @@ def two_quants_sharing_a_blob(cli, hubsim, small_gguf, tmp_path):
                             "Llama-3.2-1B-Instruct-F16.gguf": f16}, license="llama3.2")
     entries = {}
     for tag in ("q4_k_m", "q8_0", "f16"):
-        proc = cli("pull", f"1b:{tag}", "--accept-license", "--json")
+        proc = cli_here("pull", f"1b:{tag}", "--accept-license", "--json")
         assert proc.returncode == 0, proc.err
         entries[tag] = json.loads(proc.out)
     assert entries["q4_k_m"]["files"][0]["blob"] == entries["q8_0"]["files"][0]["blob"]
@@ -70,59 +70,59 @@ def two_quants_sharing_a_blob(cli, hubsim, small_gguf, tmp_path):
 
 
 @pytest.mark.slow
-def test_list_shows_what_was_pulled(cli, two_quants_sharing_a_blob):
-    listed = json.loads(cli("list", "--json").out)
+def test_list_shows_what_was_pulled(cli_here, two_quants_sharing_a_blob):
+    listed = json.loads(cli_here("list", "--json").out)
     assert [e["name"] for e in listed] == ["llama3.2-1b:f16", "llama3.2-1b:q4_k_m", "llama3.2-1b:q8_0"]
-    plain = cli("list")
+    plain = cli_here("list")
     assert plain.returncode == 0
     assert plain.out.splitlines()[0].split()[:2] == ["NAME", "SIZE"]
     assert "llama3.2-1b:q8_0" in plain.out
-    catalog = {e["name"]: e for e in json.loads(cli("models", "--json").out)}
+    catalog = {e["name"]: e for e in json.loads(cli_here("models", "--json").out)}
     assert catalog["llama3.2-1b"]["on_this_machine"] == ["f16", "q4_k_m", "q8_0"]
     assert catalog["llama3.2-3b"]["on_this_machine"] == []
 
 
 @pytest.mark.slow
-def test_rm_keeps_a_blob_another_entry_uses(cli, two_quants_sharing_a_blob):
+def test_rm_keeps_a_blob_another_entry_uses(cli_here, two_quants_sharing_a_blob):
     q4, q8 = two_quants_sharing_a_blob["q4_k_m"], two_quants_sharing_a_blob["q8_0"]
     blob = Path(q4["files"][0]["blob"])
-    proc = cli("rm", "1b:q4_k_m", "--yes")
+    proc = cli_here("rm", "1b:q4_k_m", "--yes")
     assert proc.returncode == 0, proc.err
     assert blob.exists()
     assert not Path(q4["path"]).is_symlink()  # its snapshot link is gone
     assert Path(q8["path"]).is_file()
     assert "keep" in proc.err and "llama3.2-1b:q8_0" in proc.err
-    names = [e["name"] for e in json.loads(cli("list", "--json").out)]
+    names = [e["name"] for e in json.loads(cli_here("list", "--json").out)]
     assert names == ["llama3.2-1b:f16", "llama3.2-1b:q8_0"]
-    proc = cli("rm", "llama3.2-1b:q8_0", "--yes")
+    proc = cli_here("rm", "llama3.2-1b:q8_0", "--yes")
     assert proc.returncode == 0, proc.err
     assert not blob.exists()  # the last user is gone: the blob goes too
     repo_folder = blob.parent.parent
     assert repo_folder.exists()  # the F16 is still there
-    assert cli("rm", "llama3.2-1b:f16", "--yes").returncode == 0
+    assert cli_here("rm", "llama3.2-1b:f16", "--yes").returncode == 0
     assert not repo_folder.exists()  # nothing left of the repository in the HF cache
 
 
 @pytest.mark.slow
-def test_rm_refuses_to_prompt_without_a_terminal_and_dry_run_changes_nothing(cli, two_quants_sharing_a_blob):
+def test_rm_refuses_to_prompt_without_a_terminal_and_dry_run_changes_nothing(cli_here, two_quants_sharing_a_blob):
     f16 = two_quants_sharing_a_blob["f16"]
-    refused = cli("rm", "1b:f16")
+    refused = cli_here("rm", "1b:f16")
     assert refused.returncode == 2
     assert "--yes" in refused.err
-    dry = cli("rm", "1b:f16", "--dry-run", "--json")
+    dry = cli_here("rm", "1b:f16", "--dry-run", "--json")
     assert dry.returncode == 0, dry.err
     plan = json.loads(dry.out)
     assert f16["files"][0]["blob"] in plan["delete"]
     assert plan["frees_bytes"] == f16["size"]
     assert Path(f16["path"]).is_file()
-    assert len(json.loads(cli("list", "--json").out)) == 3
-    missing = cli("rm", "1b:q5_k_m", "--yes")
+    assert len(json.loads(cli_here("list", "--json").out)) == 3
+    missing = cli_here("rm", "1b:q5_k_m", "--yes")
     assert missing.returncode == 4
 
 
 @pytest.mark.slow
-def test_show_reads_the_gguf_header(cli, two_quants_sharing_a_blob, small_gguf, tmp_path):
-    proc = cli("show", "1b", "--json")
+def test_show_reads_the_gguf_header(cli_here, two_quants_sharing_a_blob, small_gguf, tmp_path):
+    proc = cli_here("show", "1b", "--json")
     assert proc.returncode == 0, proc.err
     doc = json.loads(proc.out)
     assert doc["architecture"] == "llama"
@@ -130,12 +130,12 @@ def test_show_reads_the_gguf_header(cli, two_quants_sharing_a_blob, small_gguf, 
     assert doc["has_chat_template"] is True
     assert doc["license_family"] == "llama3.2" and doc["license_accepted"] is True
     assert doc["registry"]["name"] == "llama3.2-1b:q4_k_m"
-    text = cli("show", "1b")
+    text = cli_here("show", "1b")
     assert "architecture" in text.out and "llama" in text.out
     local = small_gguf(tmp_path / "loose.gguf", license="llama3.3")[0]
-    loose = json.loads(cli("show", str(local), "--json").out)
+    loose = json.loads(cli_here("show", str(local), "--json").out)
     assert loose["license_family"] == "llama3.3"  # from general.license
-    absent = cli("show", "scout")
+    absent = cli_here("show", "scout")
     assert absent.returncode == 4
     assert "llamactl pull scout" in absent.err
 
@@ -180,11 +180,42 @@ def test_registry_of_the_wrong_shape_is_an_error_naming_it_and_is_never_rewritte
     assert path.read_text() == content  # not read as "no models" and written over
 
 
-def test_wrong_shape_registry_through_the_cli_is_one_line_exit_1(cli, isolated_home):
+def test_wrong_shape_registry_through_the_cli_is_one_line_exit_1(cli_here, isolated_home):
     path = isolated_home / "data" / "registry.json"
     path.parent.mkdir(parents=True)
     path.write_text("[1, 2, 3]")
-    proc = cli("list")
+    proc = cli_here("list")
     assert proc.returncode == 1
     assert str(path) in proc.err and "Traceback" not in proc.err
     assert path.read_text() == "[1, 2, 3]"
+
+
+def test_rm_unregisters_a_file_registered_in_place_but_never_deletes_it(cli_here, small_gguf, tmp_path):
+    from llamactl import registry
+    from llamactl.models.remove import plan_removal
+
+    mine = small_gguf(tmp_path / "mine.gguf")[0]
+    size = mine.stat().st_size
+    registry.put({"name": "mine", "model": "mine", "tag": None, "source": "local", "path": str(mine),
+                  "size": size, "files": [{"filename": mine.name, "path": str(mine), "blob": None,
+                                           "size": size}]})
+    plan = plan_removal("mine")
+    assert plan.delete == [] and plan.frees_bytes == 0
+    assert [(k.path, k.used_by) for k in plan.keep] == [(mine, ["not llamactl's file"])]
+    proc = cli_here("rm", "mine", "--yes")
+    assert proc.returncode == 0, proc.err
+    assert mine.is_file() and registry.get("mine") is None
+
+
+def test_a_model_whose_files_are_gone_can_still_be_removed(cli_here, isolated_home):
+    from llamactl import registry
+
+    gone = isolated_home / "data" / "models" / "x" / "x-Q8_0.gguf"
+    registry.put({"name": "x:q8_0", "model": "x", "tag": "q8_0", "source": "local", "path": str(gone),
+                  "size": 10, "files": [{"filename": gone.name, "path": str(gone), "blob": None, "size": 10}]})
+    shown = cli_here("show", "x:q8_0")
+    assert shown.returncode == 4 and "gone" in shown.err and "llamactl rm x:q8_0" in shown.err
+    proc = cli_here("rm", "x:q8_0", "--yes", "--json")
+    assert proc.returncode == 0, proc.err
+    assert json.loads(proc.out)["frees_bytes"] == 0
+    assert registry.get("x:q8_0") is None
