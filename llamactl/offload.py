@@ -16,6 +16,11 @@ How llama.cpp places a model (what the plan mirrors, llama-cpp-python 0.3.36):
   (llama-cpp-python leaves llama.cpp's swa_full default on).
 - Compute buffers are estimated (the attention scores without flash attention, the
   feed-forward activations, the logits of one micro-batch); they are labelled estimates.
+
+One responsibility, about 500 lines: the shape of a model as the planner sees it, the bytes
+of each placement, and the search over placements and contexts belong together (each
+candidate is priced by the same `_usage`); the load specification it plans for is
+llamactl.load's, the devices llamactl.devices'.
 """
 
 from __future__ import annotations

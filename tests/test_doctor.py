@@ -23,6 +23,13 @@ def test_doctor_json_reports_this_machine(cli):
     assert doc["ram"]["total"] > 0 and 0 < doc["ram"]["available"] <= doc["ram"]["total"]
     assert doc["disk"]["models"]["free"] > 0
     assert doc["paths"]["models"].startswith(doc["paths"]["home"])  # LLAMACTL_HOME (tests)
+    # the same machine record bench saves with its results
+    from llamactl.machine import machine_info
+
+    info = machine_info()
+    assert doc["cpu"]["model"] == info["cpu_model"] and doc["llama_cpp"]["ggml_version"] == info["ggml_version"]
+    text = cli("doctor").out
+    assert f"CPU                {info['cpu_model']}" in text and f"ggml build         {info['ggml_version']}" in text
 
 
 def test_doctor_prints_cuda_reinstall_for_gpu_without_cuda_build(cli):

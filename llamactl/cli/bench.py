@@ -7,8 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from llamactl.cli.options import (AcceptLicenseOpt, BatchListOpt, CtxListOpt, FlashAttnListOpt, GpuLayersListOpt,
+                                  KvTypeListOpt, QuietOpt, ThreadsListOpt, UbatchListOpt, VerboseOpt)
 from llamactl.errors import LlamactlError, UsageError
-from llamactl.load import KV_TYPES_TEXT
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
 
@@ -189,24 +190,13 @@ def register(app: typer.Typer) -> None:
             "--repetitions", "-r", help="Counted repetitions of each test.", min=1)] = 5,
         no_warmup: Annotated[bool, typer.Option(
             "--no-warmup", help="Skip the uncounted warm-up run.")] = False,
-        gpu_layers: Annotated[str, typer.Option(
-            "--gpu-layers", "-ngl", help="Layers on the GPU: numbers (-1: all) or 'auto' (the "
-            "memory plan), comma-separated.")] = "auto",
-        threads: Annotated[Optional[str], typer.Option(
-            "--threads", "-t", help="CPU threads, comma-separated (default: llama.cpp's "
-            "choice).", show_default=False)] = None,
-        batch_size: Annotated[str, typer.Option(
-            "--batch-size", "-b", help="Logical batch sizes, comma-separated.")] = "512",
-        ubatch_size: Annotated[str, typer.Option(
-            "--ubatch-size", "-ub", help="Physical batch sizes, comma-separated.")] = "512",
-        ctx: Annotated[Optional[str], typer.Option(
-            "--ctx", "-c", help="Context sizes, comma-separated (default: sized to the "
-            "largest test).", show_default=False)] = None,
-        kv_type: Annotated[str, typer.Option(
-            "--kv-type", help=f"KV cache types ({KV_TYPES_TEXT}), comma-separated; "
-            "quantized types need --flash-attn 1.")] = "f16",
-        flash_attn: Annotated[str, typer.Option(
-            "--flash-attn", "-fa", help="Flash attention 0/1, comma-separated.")] = "0",
+        gpu_layers: GpuLayersListOpt = "auto",
+        threads: ThreadsListOpt = None,
+        batch_size: BatchListOpt = "512",
+        ubatch_size: UbatchListOpt = "512",
+        ctx: CtxListOpt = None,
+        kv_type: KvTypeListOpt = "f16",
+        flash_attn: FlashAttnListOpt = "0",
         output_format: Annotated[Optional[str], typer.Option(
             "--output", "-o", help="table | md | csv | json | jsonl (default: table on a "
             "terminal, md otherwise).", show_default=False)] = None,
@@ -217,10 +207,9 @@ def register(app: typer.Typer) -> None:
         history: Annotated[bool, typer.Option(
             "--history", help="List the saved results instead of running anything.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random prompt tokens.")] = 1234,
-        accept_license: Annotated[bool, typer.Option(
-            "--accept-license", help="Accept the model's Llama license if a pull is needed.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log on stderr.")] = False,
+        accept_license: AcceptLicenseOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> None:
         from llamactl import bench as core
         from llamactl.machine import machine_info

@@ -123,17 +123,16 @@ def register(app) -> None:
             from llamactl.cli.oneshot import run_oneshot
 
             try:
-                doc = run_oneshot(engine, conv, message, sampling, model_name=model,
-                                  json_out=json_out, notice=output.note)
+                run_oneshot(engine, conv, message, sampling, model_name=model,
+                            json_out=json_out, notice=output.note)
             except BrokenPipeError:
                 # stdout's reader went away (`| head -c 20`): stop generating, end quietly
                 output.stdout_gone()
                 raise typer.Exit(0) from None
-            if verbose:
-                t = doc["timings"]
-                u = doc["usage"]
-                output.note(f"{u['completion_tokens']} tokens, {t['generation_tokens_per_second']:.1f} tok/s, "
-                            f"TTFT {t['ttft_seconds']:.2f} s, prompt {u['prompt_tokens']} tokens "
-                            f"({u['prompt_tokens_evaluated']} evaluated)")
+            stats = engine.last_stats
+            if verbose and stats is not None:
+                output.note(f"{stats.completion_tokens} tokens, {stats.generation_tps:.1f} tok/s, "
+                            f"TTFT {stats.ttft_seconds:.2f} s, prompt {stats.prompt_tokens} tokens "
+                            f"({stats.prompt_tokens_evaluated} evaluated)")
         finally:
             engine.close()

@@ -51,10 +51,27 @@ FlashAttnOpt = Annotated[bool, typer.Option("--flash-attn", "-fa", help=FLASH_AT
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help=BATCH_HELP, min=1)]
 UbatchOpt = Annotated[int, typer.Option("--ubatch-size", "-ub", help=UBATCH_HELP, min=1)]
 
+# bench sweeps the same options: comma-separated lists, each value read as above
+GpuLayersListOpt = Annotated[str, typer.Option(
+    "--gpu-layers", "-ngl", help="Layers on the GPU: numbers (-1: all) or 'auto' (the memory plan), comma-separated.")]
+ThreadsListOpt = Annotated[Optional[str], typer.Option(
+    "--threads", "-t", help="CPU threads, comma-separated (default: llama.cpp's choice).", show_default=False)]
+BatchListOpt = Annotated[str, typer.Option("--batch-size", "-b", help="Logical batch sizes, comma-separated.")]
+UbatchListOpt = Annotated[str, typer.Option("--ubatch-size", "-ub", help="Physical batch sizes, comma-separated.")]
+CtxListOpt = Annotated[Optional[str], typer.Option(
+    "--ctx", "-c", help="Context sizes, comma-separated (default: sized to the largest test).", show_default=False)]
+KvTypeListOpt = Annotated[str, typer.Option(
+    "--kv-type", help=f"KV cache types ({KV_TYPES_TEXT}), comma-separated; quantized types need --flash-attn 1.")]
+FlashAttnListOpt = Annotated[str, typer.Option("--flash-attn", "-fa", help="Flash attention 0/1, comma-separated.")]
+
 # sizes: one convention (llamactl.load.parse_size)
 VramOpt = Annotated[Optional[str], typer.Option(
     "--vram", help=f"GPU memory to plan for, replacing detection (80GiB, 24GB, 0 for none; {SIZE_HELP}).")]
 RamOpt = Annotated[Optional[str], typer.Option(
     "--ram", help=f"System RAM to plan for, replacing detection (256GiB, 64GB; {SIZE_HELP}).")]
+SplitMaxSizeOpt = Annotated[Optional[str], typer.Option(
+    "--split-max-size", help=f"Write parts of at most this size (48G, 2000M ...; {SIZE_HELP}) named "
+    "NAME-00001-of-0000N.gguf, as the Hub's 50 GB file limit needs; llama.cpp loads them from the "
+    "first part (file sources only).")]
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log on stderr.")]

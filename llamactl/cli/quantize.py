@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llamactl.cli import output
-from llamactl.cli.options import DryRunOpt, JsonOpt, QuietOpt, ThreadsOpt
+from llamactl.cli.options import DryRunOpt, JsonOpt, QuietOpt, SplitMaxSizeOpt, ThreadsOpt
 
 
 def register(app: Any) -> None:
@@ -34,10 +34,7 @@ def register(app: Any) -> None:
             "--leave-output-tensor", help="Keep output.weight unquantized (larger, a little better).")] = False,
         pure: Annotated[bool, typer.Option("--pure", help="Every tensor in TYPE: no K-quant mixture.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-        split_max_size: Annotated[Optional[str], typer.Option(
-            "--split-max-size", help="Write parts of at most this size (48G, 2000M ...) named "
-                                     "NAME-00001-of-0000N.gguf, as the Hub's 50 GB file limit needs; "
-                                     "llama.cpp loads them from the first part (file sources only).")] = None,
+        split_max_size: SplitMaxSizeOpt = None,
         dry_run: DryRunOpt = False,
         as_json: JsonOpt = False,
         quiet: QuietOpt = False,
