@@ -102,12 +102,18 @@ def find(name: str) -> CatalogEntry | None:
     return None
 
 
+def unknown(name: str) -> NotFound:
+    """The error for a name that is no catalog model (exit 4), naming the known ones."""
+    known = ", ".join(e.name for e in load())
+    return NotFound(f"unknown model {name!r}",
+                    hint=f"known models: {known} (`llamactl models`); "
+                         "or hf.co/OWNER/REPO[:TAG], or a path to a .gguf file")
+
+
 def get(name: str) -> CatalogEntry:
     entry = find(name)
     if entry is None:
-        known = ", ".join(e.name for e in load())
-        raise NotFound(f"unknown model {name!r}",
-                       hint=f"known models: {known}; or use hf.co/OWNER/REPO[:TAG] or a .gguf path")
+        raise unknown(name)
     return entry
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llamactl import catalog
 from llamactl.catalog import CatalogEntry
-from llamactl.errors import NotFound, UsageError
+from llamactl.errors import UsageError
 
 DEFAULT_TAG = "q4_k_m"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -107,8 +107,5 @@ def parse(text: str) -> ModelRef:
     if entry is None:
         if Path(text).exists():
             return ModelRef(raw=raw, kind="path", path=Path(text))
-        known = ", ".join(e.name for e in catalog.load())
-        raise NotFound(f"unknown model {name!r}",
-                       hint=f"known models: {known} (`llamactl models`); "
-                            "or hf.co/OWNER/REPO[:TAG], or a path to a .gguf file")
+        raise catalog.unknown(name)
     return ModelRef(raw=raw, kind="catalog", entry=entry, tag=tag)

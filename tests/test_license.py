@@ -112,3 +112,13 @@ def test_interactive_prompt_shows_the_summary_and_the_text_then_accepts(hubsim, 
     assert child.exitstatus == 3
     assert [r for r in hubsim.log if r["path"].endswith("Q8_0.gguf")] == []
     assert "llama3.2" not in licenses.records()
+
+
+def test_a_license_record_of_the_wrong_shape_is_an_error_naming_it_and_is_kept(cli_here, isolated_home):
+    path = isolated_home / "config" / "licenses.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("[1, 2, 3]")
+    for args in (("license", "list"), ("license", "accept", "llama4")):
+        proc = cli_here(*args)
+        assert proc.returncode == 1 and str(path) in proc.err, proc.err
+    assert path.read_text() == "[1, 2, 3]"

@@ -11,7 +11,7 @@ from typing import Any
 
 from llamactl import registry
 from llamactl.errors import LlamactlError, UsageError
-from llamactl.models.resolve import LocalModel, resolve
+from llamactl.models.resolve import LocalModel, find, resolve
 
 
 @dataclass(frozen=True)
@@ -30,24 +30,27 @@ def choose(src: str, qtype: str, *, output: Path | None = None, force: bool = Fa
            dry_run: bool = False, split: bool = False) -> QuantizeTarget:
     """What `quantize SRC TYPE` means, checked before any work. SRC is resolved without the
     network (a registered name or reference first, then a .gguf path). `output` and `split`
-    (splitting the result into parts) apply to files only: UsageError for a registered
-    model. An existing output (without `force`) or an already registered MODEL:TYPE is an
+    (splitting the result into parts) apply to files only: UsageError for a model
+    reference, before it is looked for. An existing output (without `force`) or an already registered MODEL:TYPE is an
     error (exit 1); a dry run checks neither."""
     from llamactl import quantize
 
     name = quantize.normalize_type(qtype)
-    model = resolve(src, pull=False)
-    if model.entry is None:
+    found = find(src)
+    if found.is_file:
+        model = resolve(found, pull=False)
         target = Path(output) if output is not None else quantize.default_output(model.path, name)
         if target.exists() and not force and not dry_run:
             raise LlamactlError(f"{target} exists", hint="pass --force to overwrite it, or -o another path")
         return QuantizeTarget(model, name, target, None)
-    if output is not None:
+    if output is not None:   # flags first, before asking whether the model is here
         raise UsageError("-o applies to .gguf files; a registered model's result goes to llamactl's "
                          "models folder", hint=f"quantize the file instead: `llamactl show {src}`")
     if split:
         raise UsageError("--split-max-size applies to .gguf files, not registered models",
                          hint="quantize the model's file with -o, then share the parts")
+    model = resolve(found, pull=False)
+    assert model.entry is not None
     base = model.entry.get("model") or model.name.split(":")[0]
     new_name = f"{base}:{name.lower()}"
     if registry.get(new_name) is not None and not dry_run:

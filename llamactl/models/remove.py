@@ -59,7 +59,7 @@ def plan_removal(ref: str) -> RemovalPlan:
     from llamactl.models.resolve import find
 
     models = registry.read()
-    entry, _ = find(ref, models)
+    entry = find(ref, models).entry
     if entry is None:
         raise NotFound(f"{ref} is not on this machine", hint="see `llamactl list`")
     plan = RemovalPlan(entry["name"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llamactl import refs, registry
 from llamactl.errors import NotFound
@@ -40,21 +40,33 @@ class LocalModel:
         return self.status == "pulled"
 
 
-def find(ref: str, models: dict[str, dict[str, Any]] | None = None
-         ) -> tuple[dict[str, Any] | None, ModelRef | None]:
-    """(the registry entry `ref` names or None, the parsed reference or None when `ref` is a
-    registered name), without the network and without checking the entry's files.
-    `models`: a registry.read() snapshot (read now when not given)."""
+class Found(NamedTuple):
+    """What a reference names locally, files not checked (find)."""
+
+    text: str                           # the reference as typed (stripped)
+    entry: dict[str, Any] | None        # the registry entry it names, or None
+    ref: ModelRef | None                # the parsed reference; None when `text` is a registered name
+
+    @property
+    def is_file(self) -> bool:
+        """A .gguf path (never a registry entry)."""
+        return self.ref is not None and self.ref.kind == "path"
+
+
+def find(ref: str, models: dict[str, dict[str, Any]] | None = None) -> Found:
+    """The registry entry a reference names, without the network and without checking the
+    entry's files (`rm` removes a model whose files are gone). `models`: a registry.read()
+    snapshot (read now when not given)."""
     text = ref.strip()
     models = registry.read() if models is None else models
     entry = models.get(text)
     if entry is not None:
-        return entry, None
+        return Found(text, entry, None)
     parsed = refs.parse(text)
-    return registry.lookup(parsed, models), parsed
+    return Found(text, registry.lookup(parsed, models), parsed)
 
 
-def resolve(ref: str, *, pull: bool = True, accept_license: bool = False,
+def resolve(ref: str | Found, *, pull: bool = True, accept_license: bool = False,
             confirm: Confirm | None = None, progress: PullProgress | None = None) -> LocalModel:
     """Turn what a user typed into a model on this machine, pulling it first when allowed.
 
@@ -69,10 +81,12 @@ def resolve(ref: str, *, pull: bool = True, accept_license: bool = False,
     `confirm(family, plan)` asks; without either, LicenseNotAccepted, exit 3), download
     callbacks go to `progress`. With `pull=False` nothing touches the network: NotFound.
 
+    `ref` may also be what find(text) returned (a caller that looked first).
+
     Raises UsageError (2) for a malformed reference, NotFound (4) for an unknown model or a
     missing file, and whatever a pull raises (3, 5, 6, 7, 8). Never prints."""
-    text = ref.strip()
-    entry, parsed = find(text)                # one read of the registry, at most one parse
+    # one read of the registry, at most one parse
+    text, entry, parsed = ref if isinstance(ref, Found) else find(ref)
     if parsed is not None and parsed.kind == "path":
         assert parsed.path is not None
         if not parsed.path.is_file():
