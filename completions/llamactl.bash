@@ -5,7 +5,7 @@ _llamactl() {
     verb="${COMP_WORDS[1]}"
     sub="${COMP_WORDS[2]}"
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=( $(compgen -W "bench chat convert doctor license list models plan pull quantize rm show --help --version" -- "$cur") ); return
+        COMPREPLY=( $(compgen -W "bench chat convert doctor license list models plan pull quantize rm serve show --help --version" -- "$cur") ); return
     fi
     case "$verb" in
         bench)
@@ -85,6 +85,13 @@ _llamactl() {
         rm)
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=( $(compgen -W "--dry-run --help --json --yes -y" -- "$cur") )
+            else
+                COMPREPLY=( $(compgen -f -- "$cur") )
+            fi
+            ;;
+        serve)
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=( $(compgen -W "--accept-license --api-key --batch-size --chat-format --cors --cpu-moe --ctx --flash-attn --gpu-layers --help --host --kv-type --max-body --parallel --port --queue --threads --ubatch-size --verbose -b -c -fa -ngl -np -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

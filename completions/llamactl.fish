@@ -155,7 +155,35 @@ complete -c llamactl -n '__fish_seen_subcommand_from rm' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -l yes
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -o y
+complete -c llamactl -f -n '__fish_use_subcommand' -a serve -d 'Serve models over an OpenAI-compatible API with parallel slots. Prints the base URL (http://HOST:PORT/v1) on stdout once it accepts connections; SIGTERM or Ctrl-C stops it.'
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l api-key
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l batch-size
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l chat-format
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l cors
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l cpu-moe
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l flash-attn
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l gpu-layers
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l host
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l kv-type
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l max-body
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l parallel
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l port
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l queue
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l threads
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l ubatch-size
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l verbose
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o b
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o c
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o fa
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o ngl
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o np
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o t
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o ub
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -o v
 complete -c llamactl -f -n '__fish_use_subcommand' -a show -d 'Show a model\'s details, read from its GGUF header.'
 complete -c llamactl -n '__fish_seen_subcommand_from show' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from show' -l json
-# verbs: bench chat convert doctor license list models plan pull quantize rm show
+# verbs: bench chat convert doctor license list models plan pull quantize rm serve show

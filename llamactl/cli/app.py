@@ -22,7 +22,7 @@ from llamactl.errors import ExitCode, Interrupted, LlamactlError
 HELP = "Pull, convert, quantize, chat with and benchmark Meta's Llama models on llama.cpp."
 
 # The verb modules under llamactl/cli/, in the order `llamactl --help` lists their verbs.
-VERB_MODULES = ("models", "pull", "local", "license", "convert", "quantize", "chat", "bench",
+VERB_MODULES = ("models", "pull", "local", "license", "convert", "quantize", "chat", "serve", "bench",
                 "plan", "doctor")
 
 ALL = "*"  # build_app(ALL): every verb in full

@@ -82,13 +82,24 @@ def truncate_cache(llama: Any, keep: int) -> int:
     return int(llama.n_tokens)
 
 
-def sampler_chain(sampling: "Sampling", *, n_vocab: int, seed: int | None) -> Any:
-    """llama.cpp's sampler chain for `sampling`: repetition penalty, then greedy, or top-k,
-    top-p, min-p, temperature and a seeded draw (`seed` None: llama.cpp's random seed)."""
+def sampler_chain(sampling: "Sampling", *, n_vocab: int, seed: int | None, vocab: Any = None,
+                  banned: list[int] | tuple[int, ...] = ()) -> Any:
+    """llama.cpp's sampler chain for `sampling`: its grammar first (GBNF, with `vocab` the
+    model's llama_vocab pointer) and the `banned` tokens never sampled, then repetition
+    penalty, then greedy, or top-k, top-p, min-p, temperature and a seeded draw (`seed`
+    None: llama.cpp's random seed)."""
     import llama_cpp
     from llama_cpp import _internals
 
     sampler = _internals.LlamaSampler()
+    if sampling.grammar:
+        # first in the chain: the other samplers only ever see tokens the grammar allows
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, sampling.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            raise LlamactlError("llama.cpp refused the grammar")
+        llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)
+        if banned:
+            sampler.add_logit_bias(n_vocab, {t: float("-inf") for t in banned})
     seed = llama_cpp.LLAMA_DEFAULT_SEED if seed is None else int(seed) & 0xFFFFFFFF
     if sampling.repeat_penalty and sampling.repeat_penalty != 1.0:
         sampler.add_penalties(n_vocab=n_vocab, penalty_last_n=64,
@@ -111,6 +122,40 @@ def sampler_chain(sampling: "Sampling", *, n_vocab: int, seed: int | None) -> An
 def sample(sampler: Any, llama: Any) -> int:
     """The next token from the logits of the last evaluated position."""
     return int(sampler.sample(llama._ctx, -1))
+
+
+# --- several sequences in one context (llamactl.engine.batch) -----------------------------
+# Public C API of llama.cpp (llama_init_from_model, llama_batch_*, llama_memory_seq_*), with
+# the loaded Llama's own context parameters (`Llama.context_params`) as the starting point.
+
+
+def multi_sequence_context(llama: Any, *, n_ctx: int, n_seq_max: int, n_batch: int, n_ubatch: int) -> Any:
+    """A second context on `llama`'s model: `n_seq_max` sequences sharing one KV cache of
+    `n_ctx` cells (llama.cpp's unified KV cache), with the model's threads, KV type and
+    flash attention. None when llama.cpp cannot create it. Free it with `free_context`."""
+    import llama_cpp
+
+    params = type(llama.context_params).from_buffer_copy(llama.context_params)
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = min(n_ubatch, n_batch)
+    params.n_seq_max = n_seq_max
+    params.kv_unified = True
+    ctx = llama_cpp.llama_init_from_model(llama.model, params)
+    return ctx or None
+
+
+def free_context(ctx: Any) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_free(ctx)
+
+
+def sample_at(sampler: Any, ctx: Any, index: int) -> int:
+    """The next token from the logits of batch position `index` in the raw context `ctx`."""
+    import llama_cpp
+
+    return int(llama_cpp.llama_sampler_sample(sampler.sampler, ctx, index))
 
 
 _LLAMA_CLASS: dict[str, Any] = {}

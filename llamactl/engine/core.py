@@ -69,6 +69,7 @@ class Engine:
         self.last_stats: Stats | None = None
         self.evaluated_total = 0          # tokens evaluated by this engine, for tests and bench
         self._stop_tokens = self._find_stop_tokens()
+        self._bad_utf8: list[int] | None = None
         self.template = self._make_template(options.chat_format)
 
     # -- loading ------------------------------------------------------------------------
@@ -213,8 +214,9 @@ class Engine:
 
     # -- chat -----------------------------------------------------------------------------
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def chat_tokens(self, messages: list[dict]) -> list[int]:
         """The prompt tokens for `messages`, built so that the conversation already in the
@@ -225,9 +227,16 @@ class Engine:
         templates render `content | trim`) is skipped on the cached side, so the model's
         own answer tokens stay as generated, as llama.cpp's llama-cli keeps them; a special
         token inside an answer counts as the nothing the answer's text shows for it."""
-        text = self.render(messages)
-        history = self._history
-        flags = self._history_special
+        tokens, flags = self.build_prompt_tokens(self.render(messages), self._history, self._history_special)
+        self._built = (tokens, flags)
+        return list(tokens)
+
+    def build_prompt_tokens(self, text: str, history: list[int],
+                            flags: list[bool]) -> tuple[list[int], list[bool]]:
+        """The tokens of the rendered prompt `text`, keeping the tokens of `history` (a
+        previous prompt and the answer sampled after it; `flags`: which of them are shown
+        in their special form) inside the common text, as `chat_tokens` describes. Returns
+        the tokens and their flags; touches no state (the server calls it per slot)."""
         if history:
             # Compare as text, decoding the cached tokens the way answers are decoded (bytes
             # that are not UTF-8 become U+FFFD, as in the answer the conversation stores).
@@ -253,13 +262,11 @@ class Engine:
             if keep > 0:
                 rest = self.tokenize(text[keep_pos:]) if keep_pos < len(text) else []
                 tokens = list(history[:keep]) + rest
-                self._built = (tokens, list(flags[:keep]) + [True] * len(rest))
-                return list(tokens)
+                return tokens, list(flags[:keep]) + [True] * len(rest)
         text_bytes = text.encode("utf-8")
         add_bos = self._add_bos() and not self._starts_with_bos(text_bytes)
         tokens = self.tokenize(text, add_bos=add_bos)
-        self._built = (tokens, [True] * len(tokens))
-        return list(tokens)
+        return tokens, [True] * len(tokens)
 
     def _add_bos(self) -> bool:
         import llama_cpp
@@ -281,6 +288,24 @@ class Engine:
         yield from self.stream_tokens(tokens, sampling)
 
     # -- the one decode path ---------------------------------------------------------------
+
+    def sampler(self, sampling: Sampling) -> Any:
+        """The sampler chain for `sampling` (its grammar included), for this model."""
+        return bindings.sampler_chain(
+            sampling, n_vocab=int(self.llama.n_vocab()),
+            seed=sampling.seed if sampling.seed is not None else self.options.seed,
+            vocab=self._vocab, banned=self._non_utf8_tokens() if sampling.grammar else ())
+
+    def _non_utf8_tokens(self) -> list[int]:
+        """Tokens holding a byte that never occurs in UTF-8 (C0, C1, F5-FF), computed once.
+        llama.cpp's grammar reads F5-FF as the first byte of a character, so a byte-level
+        model could otherwise put text that is not UTF-8 into a string the grammar counts as
+        valid: under a grammar these tokens are never sampled."""
+        if self._bad_utf8 is None:
+            bad = set(b"\xc0\xc1" + bytes(range(0xF5, 0x100)))
+            self._bad_utf8 = [t for t in range(int(self.llama.n_vocab()))
+                              if not bad.isdisjoint(self.piece(t))]
+        return self._bad_utf8
 
     def _truncate_cache(self, keep: int) -> int:
         """Keep the first `keep` tokens of the KV cache; return how many were kept."""
@@ -355,9 +380,7 @@ class Engine:
             if limit == 0:
                 state["reason"] = "length"
             else:
-                sampler = bindings.sampler_chain(
-                    sampling, n_vocab=int(llama.n_vocab()),
-                    seed=sampling.seed if sampling.seed is not None else self.options.seed)
+                sampler = self.sampler(sampling)
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 while True:
                     token = bindings.sample(sampler, llama)

@@ -127,7 +127,13 @@ class ChatTemplate:
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         return ChatTemplateError(f"{self.origin} {what}{where}: {detail}", hint=_HINT)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the template renders a `tools` list (Llama 3.1+ and Llama 4 Instruct do)."""
+        return "tools" in self.source
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
         import jinja2
         from jinja2.sandbox import SecurityError
 
@@ -136,13 +142,16 @@ class ChatTemplate:
 
         try:
             return self._template.render(
-                messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+                # every field a message has (tool_calls, tool_call_id, name ...), content
+                # "" rather than None (an assistant message that only calls tools)
+                messages=[{k: v for k, v in m.items() if v is not None} | {"content": m.get("content") or ""}
+                          for m in messages],
                 bos_token=self.bos_token, eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,
                 raise_exception=raise_exception,
                 strftime_now=lambda fmt: self._now.strftime(fmt),
                 date_string=self._now.strftime("%d %b %Y"),
-                tools=None, functions=None, tool_choice=None, function_call=None,
+                tools=tools or None, functions=None, tool_choice=None, function_call=None,
             )
         except LlamactlError:
             raise

@@ -25,6 +25,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int | None = None
     max_tokens: int | None = None     # None: until end of turn or a full context; 0: prompt only
+    grammar: str | None = None        # GBNF the output must follow (root rule "root")
 
     def to_dict(self) -> dict:
         return asdict(self)

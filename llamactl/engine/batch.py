@@ -1,0 +1,309 @@
+"""Multi-sequence batched decoding: several requests decode together in one llama.cpp context.
+
+The engine's single-conversation path (`Engine.stream_tokens`) evaluates one sequence. A
+`BatchDecoder` holds `n_slots` sequences in one context whose KV cache is shared among them
+(llama.cpp's unified KV cache, `n_seq_max` = slots): every `step()` builds ONE `llama_batch`
+with the next token of every generating slot and a chunk of the prompt of every slot still
+reading one, calls `llama_decode` once, and samples one token per slot that asked for logits.
+
+It reuses the engine for everything that is not the batching itself: tokenization and token
+text (`Engine.piece`), the stop-token rule (`Engine.is_stop`), the sampler chain
+(`Engine.sampler`, grammar included), prompt building against what a slot already holds
+(`Engine.build_prompt_tokens`) and the `Stats` type. The context itself comes from
+`bindings.multi_sequence_context` (llama.cpp's C API, behind the bindings adapter).
+
+Each slot keeps the KV cache of its last request: `choose_slot` picks the idle slot whose
+tokens share the longest prefix with a new prompt, and only the rest is evaluated. Not
+thread-safe: one thread (the server's scheduler) calls every method.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from llamactl.engine import bindings
+from llamactl.engine.core import _lcp
+from llamactl.engine.types import Piece, Sampling, Stats
+from llamactl.errors import InsufficientResources, LlamactlError
+
+
+@dataclass
+class Job:
+    """One generation request. `emit` receives each Piece, then one Stats (last), or an
+    exception; it is called on the decoding thread and must not block."""
+
+    prompt: list[int]                         # the prompt's tokens, plainly tokenized
+    sampling: Sampling
+    emit: Callable[[Any], None]
+    text: str | None = None                   # the rendered chat prompt: rebuilt against the slot's tokens
+    stop: list[str] = field(default_factory=list)   # stop strings (not part of the output)
+    special_text: bool = False                # special tokens as their text (tool-call tags)
+    cancelled: bool = False                   # set by any thread: stop at the next step
+    # filled in while it runs
+    slot: int = -1
+    started: float = 0.0
+
+
+class StopText:
+    """Holds back generated text that could be the start of a stop string; finds the stop."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        """Add `text`; return what can be shown now."""
+        if not self.stops:
+            return text
+        self.pending += text
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                self.hit = True
+                out, self.pending = self.pending[:at], ""
+                return out
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class _Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)       # what the KV cache holds for this sequence
+    flags: list[bool] = field(default_factory=list)       # per token: shown in its special form
+    last: int | None = None                               # the token sampled last (not yet in the cache)
+    last_flag: bool = False                               # it ended the turn (shown in special form)
+    job: Job | None = None
+    todo: list[int] = field(default_factory=list)         # prompt tokens still to evaluate
+    todo_flags: list[bool] = field(default_factory=list)
+    sampler: Any = None
+    decoder: Any = None
+    stop: StopText | None = None
+    n_prompt: int = 0
+    evaluated: int = 0
+    generated: int = 0
+    t_prompt: float | None = None
+    t_first: float | None = None
+    used_at: float = 0.0
+
+
+class BatchDecoder:
+    """`n_slots` sequences of at most `slot_ctx` tokens each, decoded together."""
+
+    def __init__(self, engine: Any, n_slots: int, slot_ctx: int, n_batch: int = 512, n_ubatch: int = 512):
+        import llama_cpp
+
+        if n_slots < 1:
+            raise LlamactlError("at least one slot is needed")
+        self.engine = engine
+        self.n_slots = n_slots
+        self.slot_ctx = slot_ctx
+        self.n_batch = n_batch
+        self._ctx = bindings.multi_sequence_context(engine.llama, n_ctx=n_slots * slot_ctx,
+                                                    n_seq_max=n_slots, n_batch=n_batch, n_ubatch=n_ubatch)
+        if self._ctx is None:
+            raise InsufficientResources(
+                f"llama.cpp could not create a context of {n_slots} x {slot_ctx} tokens",
+                hint="use fewer --parallel slots or a smaller --ctx")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.slots = [_Slot(seq=i) for i in range(n_slots)]
+        self.tokens_decoded = 0                 # tokens evaluated in all, for tests and bench
+
+    # -- slots ----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    @property
+    def idle(self) -> int:
+        return self.n_slots - self.busy
+
+    def choose_slot(self, prompt: list[int]) -> int | None:
+        """The idle slot whose cached tokens share the longest prefix with `prompt`
+        (ties: the one used least recently); None when every slot is busy."""
+        best, best_key = None, None
+        for i, slot in enumerate(self.slots):
+            if slot.job is not None:
+                continue
+            key = (_lcp(slot.tokens, prompt), -slot.used_at)
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+        return best
+
+    def start(self, index: int, job: Job) -> None:
+        """Run `job` in slot `index`: keep the common prefix of its cache, queue the rest."""
+        import llama_cpp
+
+        slot = self.slots[index]
+        assert slot.job is None
+        engine = self.engine
+        if job.text is not None and slot.tokens:
+            history = slot.tokens + ([slot.last] if slot.last is not None else [])
+            prompt, flags = engine.build_prompt_tokens(
+                job.text, history, slot.flags + ([slot.last_flag] if slot.last is not None else []))
+        else:
+            prompt, flags = list(job.prompt), [True] * len(job.prompt)
+        if not prompt:
+            raise LlamactlError("empty prompt")
+        if len(prompt) >= self.slot_ctx:
+            raise LlamactlError(f"the prompt is {len(prompt)} tokens; a slot's context is {self.slot_ctx} tokens")
+        keep = min(_lcp(slot.tokens, prompt), len(prompt) - 1)
+        if keep < len(slot.tokens):
+            if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                keep = 0
+        slot.tokens = slot.tokens[:keep]
+        slot.flags = flags[:keep]
+        slot.todo = prompt[keep:]
+        slot.todo_flags = flags[keep:]
+        slot.last = None
+        slot.job = job
+        job.slot = index
+        job.started = job.started or time.perf_counter()
+        slot.sampler = engine.sampler(job.sampling)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.stop = StopText(job.stop)
+        slot.n_prompt = len(prompt)
+        slot.evaluated = 0
+        slot.generated = 0
+        slot.t_prompt = None
+        slot.t_first = None
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        job = slot.job
+        assert job is not None
+        if slot.decoder is not None and slot.stop is not None and not slot.stop.hit:
+            tail = slot.stop.feed(slot.decoder.decode(b"", final=True)) + slot.stop.flush()
+            if tail:
+                job.emit(Piece(tail, -1))
+        end = time.perf_counter()
+        t_prompt = (slot.t_prompt or end) - job.started
+        gen_seconds = end - (slot.t_prompt or end)
+        job.emit(Stats(
+            prompt_tokens=slot.n_prompt, prompt_tokens_evaluated=slot.evaluated,
+            completion_tokens=slot.generated, prompt_seconds=t_prompt,
+            generation_seconds=gen_seconds,
+            ttft_seconds=(slot.t_first - job.started) if slot.t_first else t_prompt,
+            prompt_tps=slot.evaluated / t_prompt if t_prompt > 0 else 0.0,
+            generation_tps=slot.generated / gen_seconds if gen_seconds > 0 and slot.generated else 0.0,
+            finish_reason=reason, context_tokens=len(slot.tokens),
+        ))
+        slot.job = None
+        slot.sampler = None
+        slot.todo = []
+        slot.used_at = end
+
+    def cancel_finished(self) -> None:
+        """End the jobs whose `cancelled` flag is set (their slots become idle)."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, "interrupted")
+
+    # -- one step -------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One llama_decode over every busy slot; False when no slot is busy."""
+        import llama_cpp
+
+        self.cancel_finished()
+        batch = self._batch
+        n = 0
+        wants: list[tuple[_Slot, int]] = []      # (slot, index of its logits in the batch)
+
+        def add(token: int, pos: int, seq: int, logits: bool) -> int:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = 1 if logits else 0
+            n += 1
+            return n - 1
+
+        # the next token of every generating slot first, then prompt chunks in the room left
+        for slot in self.slots:
+            if slot.job is not None and not slot.todo and slot.last is not None:
+                wants.append((slot, add(slot.last, len(slot.tokens), slot.seq, True)))
+                slot.tokens.append(slot.last)
+                slot.flags.append(False)
+                slot.last = None
+        for slot in self.slots:
+            if slot.job is None or not slot.todo or n >= self.n_batch:
+                continue
+            take = slot.todo[: self.n_batch - n]
+            for j, token in enumerate(take):
+                last = j == len(take) - 1 and len(take) == len(slot.todo)
+                index = add(token, len(slot.tokens) + j, slot.seq, last)
+                if last:
+                    wants.append((slot, index))
+            slot.tokens.extend(take)
+            slot.flags.extend(slot.todo_flags[: len(take)])
+            slot.todo = slot.todo[len(take):]
+            slot.todo_flags = slot.todo_flags[len(take):]
+            slot.evaluated += len(take)
+        if n == 0:
+            return False
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        self.tokens_decoded += n
+        if rc != 0:
+            error = LlamactlError(f"llama.cpp could not decode a batch of {n} tokens (code {rc})")
+            for slot in self.slots:
+                if slot.job is not None:
+                    slot.job.emit(error)
+                    llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                    slot.tokens, slot.flags, slot.job, slot.todo = [], [], None, []
+            return True
+        now = time.perf_counter()
+        engine = self.engine
+        for slot, index in wants:
+            job = slot.job
+            assert job is not None
+            if slot.t_prompt is None:
+                slot.t_prompt = now
+            token = bindings.sample_at(slot.sampler, self._ctx, index)
+            if engine.is_stop(token):
+                slot.last, slot.last_flag = token, True
+                self._finish(slot, "stop")
+                continue
+            slot.generated += 1
+            if slot.t_first is None:
+                slot.t_first = time.perf_counter()
+            text = slot.decoder.decode(engine.piece(token, special=job.special_text))
+            shown = slot.stop.feed(text)
+            if shown or not slot.stop.stops:
+                job.emit(Piece(shown, token))
+            slot.last, slot.last_flag = token, False
+            if slot.stop.hit:
+                self._finish(slot, "stop")
+            elif job.sampling.max_tokens is not None and slot.generated >= job.sampling.max_tokens:
+                self._finish(slot, "length")
+            elif len(slot.tokens) + 1 >= self.slot_ctx:
+                self._finish(slot, "length")
+        return True
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_batch_free(self._batch)
+            bindings.free_context(self._ctx)
+            self._ctx = None
