@@ -38,13 +38,21 @@ def test_version_names_llamactl_and_llama_cpp():
 
 
 @pytest.mark.parametrize("args", [["no-such-verb"], ["list", "--no-such-option"], ["--bogus"],
-                                  ["license", "bogus"], ["chat"], ["list", "extra"]])
+                                  ["license", "bogus"], ["chat"], ["list", "extra"], ["help"],
+                                  ["version"]])
 def test_unknown_verb_or_option_is_usage_error(args):
     proc = run_cli(*args)
     assert proc.returncode == 2
     assert proc.out == ""
     assert "Usage:" in proc.err
     assert "Traceback" not in proc.err
+
+
+@pytest.mark.parametrize("word", ["no-such-verb", "help", "version"])
+def test_unknown_verb_is_named(word):
+    proc = run_cli(word, "--json")
+    assert proc.returncode == 2
+    assert f"No such command '{word}'" in proc.err
 
 
 def test_top_level_help_is_the_same_without_building_the_verbs():

@@ -103,6 +103,7 @@ class _Registrar:
     def __init__(self, typer_app: typer.Typer | None, full: str | None):
         self._app = typer_app
         self._full = full
+        self.built: list[str] = []  # the verbs registered in full
 
     def _wanted(self, name: str) -> bool:
         return self._full == ALL or self._full == name
@@ -114,6 +115,7 @@ class _Registrar:
             self._app.command(name, **kwargs)(_summary)
             return lambda fn: fn
         register = self._app.command(name, **kwargs)
+        self.built.append(name)
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             register(_interrupt_as_error(fn))
@@ -126,10 +128,12 @@ class _Registrar:
         registrar returned. Without a subcommand the group prints its help."""
         if self._app is None:
             return _Registrar(None, None)
-        wanted = self._wanted(name)
         sub = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
         self._app.add_typer(sub, name=name, help=help, hidden=hidden)
-        return _Registrar(sub, ALL) if wanted else _Registrar(None, None)
+        if not self._wanted(name):
+            return _Registrar(None, None)
+        self.built.append(name)
+        return _Registrar(sub, ALL)
 
 
 def build_app(verb: str | None = ALL) -> typer.Typer:
@@ -140,7 +144,7 @@ def build_app(verb: str | None = ALL) -> typer.Typer:
     # default_map gives the help flags of the root and of the verb the value False when
     # they are not given. Left at None, Typer coerces that None through pydantic, whose
     # import alone costs about as much as importing Typer.
-    no_help = {"help": False}
+    defaults: dict[str, Any] = {"help": False}
     app = typer.Typer(
         name="llamactl",
         help=HELP,
@@ -148,13 +152,14 @@ def build_app(verb: str | None = ALL) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
         rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"],
-                          "default_map": {**no_help, **({verb: no_help} if verb and verb != ALL else {})}},
+        context_settings={"help_option_names": ["-h", "--help"], "default_map": defaults},
     )
     app.callback()(_root)
     registrar = _Registrar(app, verb)
     for name in VERB_MODULES:
         importlib.import_module(f"llamactl.cli.{name}").register(registrar)
+    if verb != ALL and verb in registrar.built:  # only a real verb: `llamactl help` is none
+        defaults[verb] = {"help": False}
     return app
 
 
