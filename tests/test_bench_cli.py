@@ -124,9 +124,7 @@ def test_history_when_nothing_was_saved(cli):
 @pytest.mark.parametrize("args,named", [
     (["--test", "xx 5"], "xx 5"),
     (["-t", "1,abc"], "abc"),
-    (["-ngl", "lots"], "lots"),
     (["-fa", "maybe"], "maybe"),
-    (["--kv-type", "q9"], "q9"),
     (["-p", "16", "-n", "0", "--depth", "600", "--ctx", "512"], "600"),
     (["-o", "yaml"], "yaml"),
 ])

@@ -142,8 +142,6 @@ def test_flag_combinations_are_checked_first(cli, tiny_gguf, tmp_path):
     sysfile.write_text("You are a pirate.")
     both = chat(cli, tiny_gguf, "hi", "--system", "x", "--system-file", str(sysfile))
     assert both.returncode == 2 and "not both" in both.err
-    bad = chat(cli, tiny_gguf, "hi", "--gpu-layers", "lots")
-    assert bad.returncode == 2 and "--gpu-layers" in bad.err
     missing = chat(cli, tmp_path / "nope.gguf", "hi")
     assert missing.returncode == 4
     missing_sys = chat(cli, tiny_gguf, "hi", "--system-file", str(tmp_path / "none.txt"))

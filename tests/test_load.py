@@ -55,8 +55,9 @@ def model(tiny_gguf) -> str:
     (["--gpu-layers", "many"], "--gpu-layers takes a number or 'auto'"),
     (["--gpu-layers", "-2"], "--gpu-layers must be -1 (all)"),
 ])
-def test_a_broken_rule_is_the_same_exit_2_and_message_from_every_verb(capsys, model, verb, args, text):
-    code, out, err = run(capsys, *verbs(model)[verb], *args)
+def test_a_broken_rule_is_the_same_exit_2_and_message_from_every_verb(capsys, tmp_path, verb, args, text):
+    """Checked before anything slow: the model named does not even exist (that would be 4)."""
+    code, out, err = run(capsys, *verbs(str(tmp_path / "absent.gguf"))[verb], *args)
     assert code == 2, err
     assert text in err and out == ""
     assert err.count("\n") <= 2 and "Traceback" not in err
@@ -108,8 +109,8 @@ def test_vram_sizes_follow_the_one_convention(capsys, model, value, expected):
 
 @pytest.mark.parametrize("argv", [["plan", "{m}", "--vram", "lots"], ["plan", "{m}", "--ram", "lots"],
                                   ["quantize", "{m}", "Q8_0", "--split-max-size", "lots"]])
-def test_a_bad_size_is_exit_2_for_every_size_option(capsys, model, argv):
-    code, out, err = run(capsys, *[a.replace("{m}", model) for a in argv])
+def test_a_bad_size_is_exit_2_for_every_size_option(capsys, tmp_path, argv):
+    code, out, err = run(capsys, *[a.replace("{m}", str(tmp_path / "absent.gguf")) for a in argv])
     assert code == 2
     assert "not a size: 'lots'" in err and argv[-2] in err
 

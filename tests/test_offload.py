@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from llamactl.errors import InsufficientResources, UsageError
+from llamactl.errors import InsufficientResources
 from llamactl.gguf_info import read_gguf
 from llamactl.load import KV_TYPES, load_spec
 from llamactl.offload import GIB, kv_cache_bytes, model_shape, plan_for_model
@@ -126,8 +126,6 @@ def test_kv_cache_types(synthetic_gguf):
     assert f16 == 80 * 2 * 8192 * 8 * 128 * 2  # layers, K+V, cells, kv heads, head dim, bytes
     assert kv_cache_bytes(shape, 8192, "q8_0") == f16 * 34 // 64
     assert kv_cache_bytes(shape, 8000, "f16") == f16  # rounded up to 256 cells
-    with pytest.raises(UsageError, match="flash"):
-        _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, kv_type="q8_0")
     q8 = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, kv_type="q8_0", flash_attn=True, ctx=8192)
     f = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, ctx=8192)
     assert q8.n_gpu_layers >= f.n_gpu_layers
