@@ -30,9 +30,12 @@ class LocalModel:
 
     @property
     def files(self) -> list[Path]:
-        """Every file of the model, first part first."""
+        """Every file of the model, first part first (a loose split model's parts from its
+        name, llama.cpp's rule)."""
         if self.entry is None:
-            return [self.path]
+            from llamactl.gguf_split import split_parts
+
+            return split_parts(self.path)
         return [Path(f["path"]) for f in self.entry.get("files") or []] or [self.path]
 
     @property
