@@ -240,4 +240,25 @@ def test_the_dry_run_exercises_every_phase_on_the_cpu(real_kit, tmp_path):
     md = (out / "results.md").read_text()
     assert "DRY RUN" in md and md.count("| llama") >= 5
     assert json.loads((out / "doctor.json").read_text())
+    with tarfile.open(out / "logs.tar.gz") as t:
+        logged = t.getnames()
+    assert "logs/llama4-scout-card-24gib-llama.log" in logged and "logs/doctor.log" in logged
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cuda_measured.json", "doctor.json", "logs.tar.gz", "results.json", "results.md"]
+
+
+@pytest.mark.slow
+def test_at_its_deadline_the_check_stops_and_still_reports(real_kit, tmp_path):
+    kit, _ = real_kit
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPUKIT_WORK=str(tmp_path / "work"), GPUKIT_DEADLINE="15")
+    proc = subprocess.run(["bash", str(GPU / "run.sh"), str(kit), str(out), "--dry-run"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["aborted"].startswith("OutOfTime") and not doc["ok"]
+    assert doc["wall_seconds"] < 60
+    assert any(p.get("error") == "out of time" for p in doc["phases"])
+    assert "aborted: OutOfTime" in (out / "results.md").read_text()
+    assert not list((tmp_path / "work" / "models").glob("*.gguf*"))
     assert not list((tmp_path / "work" / "models").glob("*.gguf"))   # models deleted after use

@@ -49,6 +49,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 H200_BANDWIDTH = 4.8e12            # bytes/s, the H200's HBM3e
 WALL_BUDGET = 540                  # seconds: nine minutes
+DEADLINE = 570                     # the check stops itself here (GPUKIT_DEADLINE), report written
 CUDA_ARCH = "90"
 SCOUT_CARD = 24 * GIB
 BUILD_RESERVE = 6 * GIB            # disk kept for the CUDA build tree and the installed package
@@ -59,11 +60,16 @@ NEEDED_THERE = ["numpy", "jinja2", "typing_extensions", "typer", "rich", "yaml",
                 "requests", "huggingface_hub", "filelock"]
 
 
+class OutOfTime(Exception):
+    """The check's deadline passed: the remaining phases are skipped, the report written."""
+
+
 class Check:
     def __init__(self, kit: Path, out: Path, work: Path, dry_run: bool, models_dir: Path | None):
         self.kit, self.out, self.work, self.dry = kit, out, work, dry_run
         self.models_dir = models_dir or work / "models"
         self.t0 = time.monotonic()
+        self.deadline = self.t0 + float(os.environ.get("GPUKIT_DEADLINE", DEADLINE))
         self.phases: list[dict[str, Any]] = []
         self.doc: dict[str, Any] = {"dry_run": dry_run,
                                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {},
@@ -90,6 +96,11 @@ class Check:
         try:
             yield rec
             rec["ok"] = True
+        except OutOfTime:
+            rec["ok"] = False
+            rec["error"] = "out of time"
+            self.failed = True
+            raise
         except Exception as e:  # a phase failure is recorded; the others still run
             rec["ok"] = False
             rec["error"] = f"{type(e).__name__}: {e}"
@@ -100,6 +111,8 @@ class Check:
         finally:
             rec["seconds"] = round(time.monotonic() - self.t0 - rec["start_s"], 1)
             self.log(f"<< {name} ({rec['seconds']} s)")
+            with contextlib.suppress(Exception):   # a killed run still leaves its results so far
+                write_report(self.doc, self.out)
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.doc["checks"].append({"check": name, "ok": bool(ok), "detail": detail})
@@ -112,12 +125,19 @@ class Check:
         """Run a command with the kit's environment (cwd WORK, so that the installed llamactl,
         not the checkout's, is imported); stderr goes to OUT/logs/<log_name>. With
         sample_gpu, the peak rise of the GPU's used memory during the command (MiB)."""
+        left = self.deadline - time.monotonic()
+        if left <= 5:
+            raise OutOfTime(f"deadline reached before {Path(args[0]).name} {' '.join(args[1:3])}")
         sampler = _GpuSampler(self.smi) if sample_gpu and self.smi else None
         if sampler:
             sampler.start()
         try:
             proc = subprocess.run(args, cwd=self.work, env=self.env, capture_output=True,
-                                  text=True, timeout=timeout)
+                                  text=True, timeout=min(timeout, left))
+        except subprocess.TimeoutExpired:
+            if timeout >= left:
+                raise OutOfTime(f"deadline reached during {Path(args[0]).name} {' '.join(args[1:3])}")
+            raise
         finally:
             peak = sampler.stop() if sampler else None
         if log_name:
@@ -225,7 +245,7 @@ class Check:
         """Start the CUDA build in the background (real run); the dry run configures only."""
         mtmd = self.mtmd_wanted()
         cmake_args = (f"-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCH} -DGGML_NATIVE=OFF "
-                      f"-DLLAVA_BUILD={'ON' if mtmd else 'OFF'}")
+                      f"-DLLAVA_BUILD={'ON' if mtmd else 'OFF'} {os.environ.get('GPUKIT_CMAKE_EXTRA', '')}").strip()
         self.doc["build"] = {"cmake_args": cmake_args, "mtmd": mtmd, "jobs": os.cpu_count()}
         if self.dry:
             with self.phase("build (dry run: CMake configure of the trimmed source, CPU)") as rec:
@@ -260,7 +280,11 @@ class Check:
         if proc is None:
             return
         with self.phase("build (wait)", required=True) as rec:
-            rc = proc.wait(timeout=max(60, WALL_BUDGET + 120 - self.elapsed()))
+            try:
+                rc = proc.wait(timeout=max(1, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise OutOfTime("deadline reached during the CUDA build")
             rec["build_seconds"] = round(time.monotonic() - self._build_t0, 1)
             self.doc["build"]["seconds"] = rec["build_seconds"]
             if rc != 0:
@@ -468,14 +492,15 @@ class Check:
                 p70 = self.write("llama3.3-70b", "Q4_K_M")
             if p70.exists():
                 self.measure("llama3.3-70b", p70)
-        except Exception as e:  # a required phase failed: report what there is
+        except Exception as e:  # a required phase failed, or time ran out: report what there is
             self.doc["aborted"] = f"{type(e).__name__}: {e}"
             self.failed = True
         finally:
             self.restore_vm()
             if os.environ.get("GPUKIT_KEEP_MODELS") != "1":
-                for p in self.models_dir.glob("*.gguf"):
+                for p in self.models_dir.glob("*.gguf*"):
                     p.unlink()
+            pack_logs(self.out)
             self.doc["wall_seconds"] = round(self.elapsed(), 1)
             self.doc["within_budget"] = self.doc["wall_seconds"] <= WALL_BUDGET
             self.doc["ok"] = not self.failed
@@ -606,6 +631,18 @@ def tiny_card_vram(chk: Check, path: Path) -> int:
 
     s = model_shape(read_gguf(path))
     return int(full["gpu"]["total"] - sum(s.expert_bytes) // 2 + (256 << 20))
+
+
+def pack_logs(out: Path) -> None:
+    """OUT/logs/ and OUT/build.log into OUT/logs.tar.gz: a handful of files to bring back."""
+    logs, build = out / "logs", out / "build.log"
+    if not logs.exists() and not build.exists():
+        return
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as t:
+        for p in ([build] if build.exists() else []) + (sorted(logs.iterdir()) if logs.exists() else []):
+            t.add(p, arcname=p.name if p == build else f"logs/{p.name}")
+    shutil.rmtree(logs, ignore_errors=True)
+    build.unlink(missing_ok=True)
 
 
 def write_report(doc: dict, out: Path) -> None:

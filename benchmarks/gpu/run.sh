@@ -15,7 +15,10 @@
 # engine-overhead benchmark on the GPU. Every phase prints a UTC timestamp.
 #
 # Results: OUT_DIR/results.json, OUT_DIR/results.md, OUT_DIR/cuda_measured.json (the
-# planner's CUDA constants as measured), OUT_DIR/doctor.json, OUT_DIR/build.log, OUT_DIR/logs/.
+# planner's CUDA constants as measured; benchmarks/gpu/apply.py OUT_DIR applies them),
+# OUT_DIR/doctor.json and OUT_DIR/logs.tar.gz (the build log, each step's stderr, llama.cpp's
+# logs). results.json is rewritten after every phase; at GPUKIT_DEADLINE seconds (default
+# 570) the check stops itself, skipping what is left, and still writes it all.
 # Exit 0 when every phase ran and every check held, 1 otherwise, 2 on bad arguments.
 #
 # --dry-run: everything except the CUDA build and GPU execution, on any machine with the
@@ -25,7 +28,9 @@
 # Environment: GPUKIT_WORK (build and install folder, default $TMPDIR/llamactl-gpucheck, on
 # local disk), GPUKIT_MODELS (where the GGUFs go, default GPUKIT_WORK/models),
 # GPUKIT_WRITE_THREADS (default 8), GPUKIT_DIRTY_RATIO (vm.dirty_ratio during the run,
-# default 60, 0 leaves it alone; restored at the end), PYTHON (default python3).
+# default 60, 0 leaves it alone; restored at the end), GPUKIT_CMAKE_EXTRA (more CMake
+# options for the build, e.g. -DGGML_CUDA_FA=OFF to build faster), GPUKIT_KEEP_MODELS=1
+# (keep the GGUFs), GPUKIT_DEADLINE, PYTHON (default python3).
 set -euo pipefail
 if [ $# -lt 2 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
