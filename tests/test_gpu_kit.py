@@ -262,3 +262,37 @@ def test_at_its_deadline_the_check_stops_and_still_reports(real_kit, tmp_path):
     assert "aborted: OutOfTime" in (out / "results.md").read_text()
     assert not list((tmp_path / "work" / "models").glob("*.gguf*"))
     assert not list((tmp_path / "work" / "models").glob("*.gguf"))   # models deleted after use
+
+
+def test_a_gpu_runs_numbers_become_plan_errors_and_cuda_constants(synthetic_gguf):
+    """The parts of the check only a GPU run reaches, fed llama.cpp's CUDA log lines (the GPU
+    is the one thing mocked): buffers per device, nvidia-smi's figure, the derived constants."""
+    import check
+    from llamactl import offload
+    from tests.synthetic.llama_probe import parse_log
+
+    path = synthetic_gguf("llama3.2-3b", tokenizer=False)
+    offload._cuda_cache.clear()
+    plan = offload.plan_for_model(path, vram=139 * offload.GIB, ram=128 * offload.GIB).to_dict()
+    w = (plan["gpu"]["weights"] + plan["gpu"]["output_copy"]) / check.MIB
+    kv = plan["gpu"]["kv_cache"] / check.MIB
+    log = (f"load_tensors:        CUDA0 model buffer size = {w:.2f} MiB\n"
+           "load_tensors:   CPU_Mapped model buffer size =   751.50 MiB\n"
+           f"llama_kv_cache:      CUDA0 KV buffer size = {kv:.2f} MiB\n"
+           "llama_context:      CUDA0 compute buffer size =   600.00 MiB\n"
+           "llama_context:  CUDA_Host compute buffer size =    40.00 MiB\n"
+           "llama_context:  CUDA_Host  output buffer size =     0.49 MiB\n")
+    got = dict(parse_log(log), nvidia_smi_used_mib=w + kv + 600 + 700, completion_tokens=16)
+    row = check.compare(plan, got, None)
+    assert abs(row["llama_gpu_model_mib"] - w) < 0.01 and abs(row["llama_gpu_kv_mib"] - kv) < 0.01
+    assert row["llama_gpu_compute_mib"] == 600 and row["llama_host_compute_mib"] == 40
+    assert abs(row["measured_overhead_mib"] - 700) < 0.02
+    assert row["measured_source"] == "nvidia-smi (process)" and row["override_names_ok"]
+    expected_err = (plan["gpu"]["total"] / check.MIB - got["nvidia_smi_used_mib"]) / got["nvidia_smi_used_mib"]
+    assert abs(row["gpu_total_error"] - expected_err) < 1e-9
+    doc = {"dry_run": False, "started": "2026-12-02T00:00:00Z", "phases": [{"phase": "preflight", "start_s": 0.0, "seconds": 1.0, "ok": True, "gpu": "NVIDIA H200"}],
+           "models": {"llama3.2-3b": {"plan_vs_measured": [dict(row, label="plan")]}}, "checks": []}
+    c = check.derive_constants(doc)
+    assert abs(c["cuda_overhead_bytes"] - 700 * check.MIB) < 0.02 * check.MIB
+    assert c["compute_buffer_factor"] == round(600 / row["plan_gpu_compute_mib"], 4)
+    assert "| llama3.2-3b" in check.markdown(dict(doc, cuda_measured=c, ok=True))

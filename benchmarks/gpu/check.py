@@ -224,7 +224,17 @@ class Check:
 
     def install(self) -> None:
         with self.phase("install", required=True) as rec:
-            wheels = sorted(str(p) for p in (self.kit / "wheels").glob("*.whl"))
+            wheels, foreign = [], []
+            for w in sorted((self.kit / "wheels").glob("*.whl")):
+                (wheels if wheel_fits_here(w.name) else foreign).append(str(w))
+            if foreign:
+                names = ", ".join(Path(w).name for w in foreign)
+                if not self.dry:
+                    raise RuntimeError(f"wheels not for this Python/platform: {names}")
+                # the kit is for the GPU machine's CPython 3.12; here these packages come
+                # from the environment the dry run runs in
+                rec["skipped_foreign_wheels"] = [Path(w).name for w in foreign]
+                self.log(f"   dry run: not installing {names} (built for the GPU machine's Python)")
             self.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                       "--no-compile", "--quiet", "--target", str(self.site), *wheels],
                      log_name="install", timeout=300)
@@ -511,6 +521,18 @@ class Check:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def wheel_fits_here(filename: str) -> bool:
+    """Whether this interpreter can install the wheel (its tags against this Python's)."""
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # pragma: no cover - pip always has it
+        from pip._vendor.packaging.tags import sys_tags
+        from pip._vendor.packaging.utils import parse_wheel_filename
+    here = set(sys_tags())
+    return any(t in here for t in parse_wheel_filename(filename)[3])
+
+
 def _utc() -> str:
     return time.strftime("%H:%M:%SZ", time.gmtime())
 
