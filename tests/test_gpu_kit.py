@@ -296,3 +296,37 @@ def test_a_gpu_runs_numbers_become_plan_errors_and_cuda_constants(synthetic_gguf
     assert abs(c["cuda_overhead_bytes"] - 700 * check.MIB) < 0.02 * check.MIB
     assert c["compute_buffer_factor"] == round(600 / row["plan_gpu_compute_mib"], 4)
     assert "| llama3.2-3b" in check.markdown(dict(doc, cuda_measured=c, ok=True))
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q3_K_M", "Q2_K"])
+def test_synthetic_weights_are_random_with_valid_scales(tmp_path, quant):
+    """Every quantized type the GPU check writes dequantizes to finite weights of a trained
+    model's order (std ~0.02, not 0 and not huge), different from tensor to tensor; norms are 1."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    import synth
+
+    import dataclasses
+
+    # a small vocabulary: reading 202k token strings back would cost GGUFReader seconds
+    spec = dataclasses.replace(synth.spec_for("llama4-scout", tiny=True), vocab=512)
+    r = synth.write_model(tmp_path / "m.gguf", spec, quant, threads=2)
+    assert r["bytes"] == (tmp_path / "m.gguf").stat().st_size
+    reader = GGUFReader(tmp_path / "m.gguf")
+    seen: dict[str, np.ndarray] = {}
+    types = set()
+    for t in reader.tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float64).ravel()
+        assert np.isfinite(w).all(), t.name
+        if t.name.endswith("norm.weight") or t.name.startswith("rope_freqs"):
+            assert (w == 1).all(), t.name
+            continue
+        types.add(t.tensor_type.name)
+        assert 0.002 < w.std() < 0.2, (t.name, t.tensor_type.name, w.std())
+        seen[t.name] = w[:4096]
+    assert {"Q4_K_M": {"Q4_K", "Q6_K"}, "Q3_K_M": {"Q3_K", "Q4_K", "Q5_K"},
+            "Q2_K": {"Q2_K", "Q3_K", "Q4_K"}}[quant] <= types
+    a, b = seen["blk.0.attn_q.weight"], seen["blk.1.attn_q.weight"]
+    assert not np.array_equal(a[:len(b)], b[:len(a)])
