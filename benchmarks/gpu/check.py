@@ -177,6 +177,9 @@ class Check:
             rec["disk_free_bytes"] = shutil.disk_usage(self.models_dir).free
             rec["models_dir"] = str(self.models_dir)
             if self.smi:
+                (self.out / "logs").mkdir(exist_ok=True)
+                full = subprocess.run([self.smi], capture_output=True, text=True, timeout=60)
+                (self.out / "logs" / "nvidia-smi.log").write_text(full.stdout + full.stderr)
                 q = subprocess.run([self.smi, "--query-gpu=name,memory.total,memory.used,compute_cap,driver_version",
                                     "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
                 rec["gpu"] = q.stdout.strip()
@@ -191,11 +194,11 @@ class Check:
     def _page_cache_tuning(self, rec: dict) -> None:
         """Let the page cache hold the synthetic models' dirty pages (real run, as root):
         the writes then go at memory speed while the disk catches up. Restored at exit."""
-        if self.dry or os.environ.get("GPUKIT_DIRTY_RATIO", "60") == "0":
+        if self.dry or os.environ.get("GPUKIT_DIRTY_RATIO", "40") == "0":
             return
         self._vm_saved = {}
-        for knob, value in (("dirty_ratio", os.environ.get("GPUKIT_DIRTY_RATIO", "60")),
-                            ("dirty_background_ratio", "30")):
+        for knob, value in (("dirty_ratio", os.environ.get("GPUKIT_DIRTY_RATIO", "40")),
+                            ("dirty_background_ratio", "20")):
             p = Path("/proc/sys/vm") / knob
             try:
                 self._vm_saved[knob] = p.read_text().strip()

@@ -28,7 +28,7 @@
 # Environment: GPUKIT_WORK (build and install folder, default $TMPDIR/llamactl-gpucheck, on
 # local disk), GPUKIT_MODELS (where the GGUFs go, default GPUKIT_WORK/models),
 # GPUKIT_WRITE_THREADS (default 8), GPUKIT_DIRTY_RATIO (vm.dirty_ratio during the run,
-# default 60, 0 leaves it alone; restored at the end), GPUKIT_CMAKE_EXTRA (more CMake
+# default 40, 0 leaves it alone; restored at the end), GPUKIT_CMAKE_EXTRA (more CMake
 # options for the build, e.g. -DGGML_CUDA_FA=OFF to build faster), GPUKIT_KEEP_MODELS=1
 # (keep the GGUFs), GPUKIT_DEADLINE, PYTHON (default python3).
 set -euo pipefail

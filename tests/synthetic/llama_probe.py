@@ -65,7 +65,10 @@ def _smi_used_mib() -> float | None:
     for line in out.splitlines():
         cols = [c.strip() for c in line.split(",")]
         if len(cols) == 2 and cols[0] == str(os.getpid()):
-            total += float(cols[1])
+            try:
+                total += float(cols[1])
+            except ValueError:  # "[N/A]" where the driver does not account per process
+                continue
             found = True
     return total if found else None
 
