@@ -214,7 +214,7 @@ def test_the_dry_run_exercises_every_phase_on_the_cpu(real_kit, tmp_path):
     assert doc["dry_run"] and doc["ok"] and "aborted" not in doc
     phases = [p["phase"] for p in doc["phases"]]
     for name in ("preflight", "unpack", "install", "doctor", "llama3.2-1b: plan vs llama.cpp",
-                 "llama3.2-3b: bench pp512/tg128", "engine overhead (1B, on the GPU)",
+                 "llama3.2-3b: bench pp512/tg128", "engine overhead (1B, all layers offloaded)",
                  "llama4-scout: planned and run for a 24 GiB card", "delete Scout",
                  "llama3.3-70b: bench pp512/tg128"):
         assert name in phases, phases

@@ -109,7 +109,7 @@ class Check:
             if required:
                 raise
         finally:
-            rec["seconds"] = round(time.monotonic() - self.t0 - rec["start_s"], 1)
+            rec["seconds"] = max(0.0, round(time.monotonic() - self.t0 - rec["start_s"], 1))
             self.log(f"<< {name} ({rec['seconds']} s)")
             with contextlib.suppress(Exception):   # a killed run still leaves its results so far
                 write_report(self.doc, self.out)
@@ -462,7 +462,7 @@ class Check:
                            f"{used} MiB taken (nvidia-smi), plan {row['plan_gpu_total_mib']:.0f} MiB")
 
     def overhead(self, path: Path) -> None:
-        with self.phase("engine overhead (1B, on the GPU)") as rec:
+        with self.phase("engine overhead (1B, all layers offloaded)") as rec:
             args = [sys.executable, str(ROOT / "benchmarks" / "engine_overhead.py"), "--model", str(path),
                     "--gpu-layers", "999", "-r", "1" if self.dry else "5", "--probe-reps", "0",
                     "--clock", "wall", "-t", "1" if self.dry else str(min(4, os.cpu_count() or 1)), "--json"]
