@@ -160,12 +160,14 @@ def test_apply_refuses_a_dry_run(tmp_path):
 
 
 def _index_reachable() -> bool:
-    try:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                               "--quiet", "-d", str(Path(os.environ.get("TMPDIR", "/tmp")) / "gpukit-probe"),
-                               "diskcache==5.6.3"], capture_output=True, timeout=120)
-    except (OSError, subprocess.SubprocessError):
-        return False
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gpukit-probe-") as tmp:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                                   "--quiet", "-d", tmp, "diskcache==5.6.3"], capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return False
     return proc.returncode == 0
 
 
