@@ -332,3 +332,44 @@ def test_synthetic_weights_are_random_with_valid_scales(tmp_path, quant):
             "Q2_K": {"Q2_K", "Q3_K", "Q4_K"}}[quant] <= types
     a, b = seen["blk.0.attn_q.weight"], seen["blk.1.attn_q.weight"]
     assert not np.array_equal(a[:len(b)], b[:len(a)])
+
+
+def test_the_real_run_puts_cudas_libraries_where_the_built_library_finds_them(tmp_path, monkeypatch):
+    import check
+
+    cuda = tmp_path / "cuda-13.0"
+    (cuda / "bin").mkdir(parents=True)
+    (cuda / "lib64").mkdir()
+    (cuda / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (cuda / "bin" / "nvcc").chmod(0o755)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nvcc").symlink_to(cuda / "bin" / "nvcc")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/x")
+    chk = check.Check(tmp_path / "kit", tmp_path / "out", tmp_path / "work", False, None)
+    rec: dict = {}
+    chk._cuda_paths(rec)
+    assert chk.env["LD_LIBRARY_PATH"] == f"{cuda / 'lib64'}{os.pathsep}/opt/x"
+    assert rec["cuda_home"] == str(cuda) and chk.env["CUDACXX"] == str(bindir / "nvcc")
+
+
+def test_without_a_gpu_the_real_run_stops_at_preflight_naming_what_is_missing(tmp_path):
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    (kit / "manifest.json").write_text(json.dumps({"total_bytes": 1}))
+    env = dict(os.environ, PYTHON=sys.executable, GPUKIT_WORK=str(tmp_path / "work"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    import shutil
+
+    if shutil.which("nvidia-smi", path=env["PATH"]):
+        pytest.skip("this machine has nvidia-smi: the preflight would pass")
+    proc = subprocess.run(["bash", str(GPU / "run.sh"), str(kit), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "nvidia-smi" in doc["aborted"] and "missing on this machine" in doc["aborted"]
+    assert [p["phase"] for p in doc["phases"]] == ["preflight"]
+    bad = subprocess.run(["bash", str(GPU / "run.sh"), str(tmp_path / "nokit"), str(tmp_path / "o2")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "prepare.sh" in bad.stderr

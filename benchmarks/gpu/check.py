@@ -163,6 +163,7 @@ class Check:
             rec["kit_bytes"] = manifest.get("total_bytes")
             missing = [m for m in NEEDED_THERE if not _importable(m)]
             if not self.dry:
+                self._cuda_paths(rec)
                 missing += [m for m in ("scikit_build_core",) if not _importable(m)]
                 for tool in ("nvcc", "cmake", "ninja", "nvidia-smi"):
                     if not shutil.which(tool):
@@ -190,6 +191,27 @@ class Check:
                                "bytes": manifest.get("total_bytes"), "wheels": manifest["wheels"],
                                "llamactl_wheel": manifest["llamactl_wheel"]}
             self._page_cache_tuning(rec)
+
+    def _cuda_paths(self, rec: dict) -> None:
+        """nvcc on PATH (CUDA's usual bin folder if it is not), and CUDA's library folders on
+        LD_LIBRARY_PATH for everything this check starts (the built library links cudart and
+        cuBLAS from there)."""
+        if not shutil.which("nvcc"):
+            for d in ("/usr/local/cuda/bin", *sorted(Path("/usr/local").glob("cuda-*/bin"), reverse=True)):
+                if (Path(d) / "nvcc").exists():
+                    os.environ["PATH"] = f"{d}{os.pathsep}{os.environ['PATH']}"
+                    self.env["PATH"] = os.environ["PATH"]
+                    break
+        nvcc = shutil.which("nvcc")
+        if not nvcc:
+            return
+        home = Path(nvcc).resolve().parent.parent
+        libs = [str(p) for p in (home / "lib64", home / "targets" / "x86_64-linux" / "lib") if p.is_dir()]
+        if libs:
+            old = self.env.get("LD_LIBRARY_PATH")
+            self.env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + ([old] if old else []))
+        self.env.setdefault("CUDACXX", nvcc)
+        rec["cuda_home"] = str(home)
 
     def _page_cache_tuning(self, rec: dict) -> None:
         """Let the page cache hold the synthetic models' dirty pages (real run, as root):
