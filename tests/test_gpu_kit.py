@@ -214,6 +214,7 @@ def test_the_dry_run_exercises_every_phase_on_the_cpu(real_kit, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads((out / "results.json").read_text())
     assert doc["dry_run"] and doc["ok"] and "aborted" not in doc
+    assert doc["kit"]["stale"] is False      # the kit's llamactl is this checkout's
     phases = [p["phase"] for p in doc["phases"]]
     for name in ("preflight", "unpack", "install", "doctor", "llama3.2-1b: plan vs llama.cpp",
                  "llama3.2-3b: bench pp512/tg128", "engine overhead (1B, all layers offloaded)",
@@ -373,3 +374,21 @@ def test_without_a_gpu_the_real_run_stops_at_preflight_naming_what_is_missing(tm
     bad = subprocess.run(["bash", str(GPU / "run.sh"), str(tmp_path / "nokit"), str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "prepare.sh" in bad.stderr
+
+
+def test_a_kit_prepared_from_other_code_is_flagged_stale(tmp_path):
+    import check
+
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    manifest = {"total_bytes": 1, "llama_cpp_python": "0.3.36", "wheels": [], "llamactl_wheel": "x.whl",
+                "llamactl_source_sha256": kitmod.source_digest()}
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    chk = check.Check(kit, tmp_path / "out", tmp_path / "work", True, None)
+    chk.preflight()
+    assert chk.doc["kit"]["stale"] is False
+    (kit / "manifest.json").write_text(json.dumps(dict(manifest, llamactl_source_sha256="0" * 64)))
+    chk = check.Check(kit, tmp_path / "out2", tmp_path / "work2", True, None)
+    chk.preflight()
+    assert chk.doc["kit"]["stale"] is True
+    assert "not this checkout's" in check.markdown(dict(chk.doc, cuda_measured={}))

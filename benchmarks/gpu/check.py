@@ -187,7 +187,11 @@ class Check:
             if shutil.which("nvcc"):
                 rec["nvcc"] = subprocess.run(["nvcc", "--version"], capture_output=True,
                                              text=True).stdout.strip().splitlines()[-1:]
-            self.doc["kit"] = {"llama_cpp_python": manifest["llama_cpp_python"],
+            stale = manifest.get("llamactl_source_sha256") not in (None, kitmod.source_digest(ROOT))
+            if stale:
+                self.log("   warning: the kit's llamactl differs from this checkout's: run prepare.sh again "
+                         "to check the current code")
+            self.doc["kit"] = {"llama_cpp_python": manifest["llama_cpp_python"], "stale": stale,
                                "bytes": manifest.get("total_bytes"), "wheels": manifest["wheels"],
                                "llamactl_wheel": manifest["llamactl_wheel"]}
             self._page_cache_tuning(rec)
@@ -739,6 +743,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# GPU check {'(DRY RUN: no GPU, toy shapes)' if doc['dry_run'] else ''}".rstrip(), "",
              f"started {doc['started']}, wall {doc.get('wall_seconds')} s "
              f"(budget {WALL_BUDGET} s), {'all checks held' if doc.get('ok') else 'FAILED'}", ""]
+    if doc.get("kit", {}).get("stale"):
+        lines += ["**the kit's llamactl is not this checkout's** (prepare.sh ran on other code)", ""]
     if doc.get("aborted"):
         lines += [f"aborted: {doc['aborted']}", ""]
     lines += ["| model | run | ctx | ngl | GPU weights plan / llama | GPU KV plan / llama | GPU compute plan / llama "

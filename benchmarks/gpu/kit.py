@@ -263,6 +263,16 @@ def build_llamactl_wheel(dest: Path) -> Path:
     return found[-1]
 
 
+def source_digest(root: Path = REPO) -> str:
+    """sha256 over llamactl's source files (paths and contents): tells a stale kit."""
+    h = hashlib.sha256()
+    for p in sorted((root / "llamactl").rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -305,6 +315,7 @@ def prepare(kit: Path, *, sdist: Path | None = None, max_mib: float = MAX_MIB,
         "wheels": [w.name for w in wheels if w != own],
         "wheels_needed": need,
         "llamactl_wheel": own.name,
+        "llamactl_source_sha256": source_digest(),
         "gpu_has": sorted(GPU_HAS),
         "python": PY_VERSION, "platforms": PLATFORMS,
     }
