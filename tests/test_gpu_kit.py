@@ -392,3 +392,22 @@ def test_a_kit_prepared_from_other_code_is_flagged_stale(tmp_path):
     chk.preflight()
     assert chk.doc["kit"]["stale"] is True
     assert "not this checkout's" in check.markdown(dict(chk.doc, cuda_measured={}))
+
+
+def test_the_gpu_sampler_reports_the_peak_rise_of_used_memory(tmp_path):
+    import time
+
+    import check
+
+    counter = tmp_path / "n"
+    counter.write_text("1000")
+    smi = tmp_path / "nvidia-smi"       # a stand-in: each call reports 500 MiB more, up to 3000
+    smi.write_text(f"#!/bin/sh\nn=$(cat {counter}); echo \"$n\"; "
+                   f"[ $n -lt 3000 ] && echo $((n + 500)) > {counter}\n")
+    smi.chmod(0o755)
+    s = check._GpuSampler(str(smi))
+    s.start()
+    end = time.monotonic() + 30
+    while s.peak != 3000.0 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert s.stop() == 2000.0                       # 3000 at the peak, 1000 before the command
