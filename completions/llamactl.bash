@@ -17,7 +17,7 @@ _llamactl() {
             ;;
         chat)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --json --kv-type --load --max-tokens --min-p --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --image --json --kv-type --load --max-tokens --min-p --mmproj --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -48,11 +48,13 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -l dry-run
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l help
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l image
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l kv-type
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l load
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l max-tokens
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l min-p
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l repeat-penalty
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l seed
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l system

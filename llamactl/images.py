@@ -76,10 +76,18 @@ def read_image(path: str | Path) -> ImageFile:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            # llamactl's own limit (lower than Pillow's) is checked below on the header's
+            # size, so that the message can say what the header claims
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                img = Image.open(p)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            with img:
                 w, h = img.size
                 if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
                     raise UsageError(f"{p}: the image claims {w}x{h} pixels; llamactl reads images up to "
@@ -228,3 +236,45 @@ def expand(lay: Layout, patch_token: str = "<|patch|>") -> str:
     """The layout as Llama4Processor's text (each image token as `patch_token`)."""
     return "".join(x if isinstance(x, str) else patch_token * lay.tokens_per_tile for x in lay.items)
 
+
+
+# ---------------------------------------------------------------------- the projector file
+
+def find_projector(model_path: str | Path, entry: dict | None = None,
+                   explicit: str | Path | None = None) -> Path | None:
+    """The vision projector (mmproj GGUF) that goes with a model: `explicit` when given (it
+    must exist), else the one its registry entry records (`entry["mmproj"]["path"]`), else
+    one beside the model file: `mmproj-NAME.gguf` for NAME.gguf (what `llamactl convert`
+    writes), else the only `mmproj*.gguf` in its folder. None when there is none; several
+    candidates and no rule to choose: UsageError naming them."""
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise UsageError(f"projector not found: {p}")
+        return p
+    recorded = ((entry or {}).get("mmproj") or {}).get("path")
+    if recorded:
+        p = Path(recorded)
+        if not p.is_file():
+            from llamactl.errors import IntegrityError
+
+            raise IntegrityError(f"the registered projector {p} is missing",
+                                 hint="pull the model again to fetch it")
+        return p
+    model_path = Path(model_path)
+    folder = model_path.parent
+    from llamactl.gguf_split import parse_split_name
+
+    split = parse_split_name(model_path.name)
+    stem = split.stem if split else model_path.stem
+    named = folder / f"mmproj-{stem}.gguf"
+    if named.is_file():
+        return named
+    found = sorted(p for p in folder.glob("mmproj*.gguf") if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise UsageError(f"{len(found)} projector files beside {model_path.name} "
+                         f"({', '.join(p.name for p in found[:4])}): which one goes with it?",
+                         hint="choose with --mmproj FILE")
+    return None

@@ -28,8 +28,13 @@ class Conversation:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [dict(m) for m in self.messages]
 
-    def add(self, role: str, content: str) -> None:
-        self.messages.append({"role": role, "content": content})
+    def add(self, role: str, content: str, images: list | None = None) -> None:
+        """`images`: llamactl.images.ImageFile objects that go with a user message (saved as
+        their paths)."""
+        message: dict = {"role": role, "content": content}
+        if images:
+            message["images"] = list(images)
+        self.messages.append(message)
 
     def clear(self) -> None:
         self.messages = []
@@ -42,7 +47,7 @@ class Conversation:
 
     def to_dict(self, **extra: Any) -> dict:
         doc = {"format": FORMAT, "version": VERSION, "system": self.system,
-               "messages": [dict(m) for m in self.messages]}
+               "messages": [_saved(m) for m in self.messages]}
         doc.update(extra)
         return doc
 
@@ -65,8 +70,15 @@ class Conversation:
                                     "with role system, user or assistant")
             if m["role"] == "system":
                 conv.system = m["content"] or None
-            else:
-                conv.add(m["role"], m["content"])
+                continue
+            images = m.get("images") or []
+            if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+                raise LlamactlError(f"{source}: message {i + 1} has 'images' that are not a list of paths")
+            if images:
+                from llamactl.images import read_image
+
+                images = [read_image(p) for p in images]
+            conv.add(m["role"], m["content"], images)
         return conv
 
     def save(self, path: Path, **extra: Any) -> Path:
@@ -94,6 +106,13 @@ class Conversation:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LlamactlError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_obj(obj, source=str(path))
+
+
+def _saved(message: dict) -> dict:
+    out = {k: v for k, v in message.items() if k != "images"}
+    if message.get("images"):
+        out["images"] = [img.path for img in message["images"]]
+    return out
 
 
 @dataclass

@@ -46,6 +46,12 @@ def register(app) -> None:
         batch_size: BatchOpt = 512,
         ubatch_size: UbatchOpt = 512,
         chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Chat template instead of the GGUF's: llama3, llama4, llama2, chatml, plain, or a .jinja file.")] = None,
+        image: Annotated[Optional[list[Path]], typer.Option(
+            "--image", help="An image for the message (repeatable; Llama 4 with a vision projector).",
+            dir_okay=False)] = None,
+        mmproj: Annotated[Optional[Path], typer.Option(
+            "--mmproj", help="The vision projector (mmproj GGUF) for images (default: the registry's, "
+                             "or an mmproj*.gguf beside a .gguf model).", dir_okay=False)] = None,
         flash_attn: FlashAttnOpt = False,
         verbose: VerboseOpt = False,
         accept_license: AcceptLicenseOpt = False,
@@ -76,6 +82,11 @@ def register(app) -> None:
             except (OSError, UnicodeDecodeError) as exc:
                 raise UsageError(f"cannot read {system_file}: {exc}") from exc
 
+        images = []
+        if image:
+            from llamactl.images import read_image
+
+            images = [read_image(p) for p in image]     # a bad image: exit 2 before any load
         from llamactl.chat.conversation import Conversation
         from llamactl.engine import EngineOptions, Sampling
 
@@ -89,13 +100,25 @@ def register(app) -> None:
             message = read_input(prompt, None if output.stdin_is_tty() else sys.stdin)
 
         options = EngineOptions(load=spec, seed=seed, verbose=verbose, chat_format=chat_format)
+
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
 
         # 2. the model
         from llamactl.cli.fetch import resolve_model
 
-        path = resolve_model(model, accept_license=accept_license).path
+        local = resolve_model(model, accept_license=accept_license)
+        path = local.path
+        projector = None
+        wants_images = bool(images) or any(m.get("images") for m in conv.messages)
+        if wants_images or interactive or mmproj is not None:
+            from llamactl.images import find_projector
+
+            projector = find_projector(path, local.entry, mmproj)
+            if projector is None and wants_images:
+                raise UsageError(f"{model} has no vision projector, so it cannot read images",
+                                 hint="give one with --mmproj FILE (an mmproj-*.gguf of this model), "
+                                      "or put it beside the model file")
         if dry_run:
             from llamactl import offload
             from llamactl.cli.plan import render
@@ -110,7 +133,17 @@ def register(app) -> None:
 
         from llamactl.engine import Engine
 
+        options.mmproj = projector if (wants_images or mmproj is not None) else None
         engine = Engine.load(path, options)
+        if projector is not None and options.mmproj is None:
+            # the REPL: images become possible with /image; a projector that does not fit
+            # this model is reported and the chat goes on without images
+            from llamactl.errors import LlamactlError
+
+            try:
+                engine.attach_projector(projector)
+            except LlamactlError as exc:
+                output.warn(f"images are off: {exc.message}")
         if verbose:
             for warning in engine.plan.warnings:
                 output.warn(warning)
@@ -118,13 +151,13 @@ def register(app) -> None:
             if interactive:
                 from llamactl.cli.repl import run_repl
 
-                code = run_repl(engine, conv, sampling, model_name=model)
+                code = run_repl(engine, conv, sampling, model_name=model, images=images)
                 raise typer.Exit(code)
             from llamactl.cli.oneshot import run_oneshot
 
             try:
                 run_oneshot(engine, conv, message, sampling, model_name=model,
-                            json_out=json_out, notice=output.note)
+                            json_out=json_out, notice=output.note, images=images)
             except BrokenPipeError:
                 # stdout's reader went away (`| head -c 20`): stop generating, end quietly
                 output.stdout_gone()

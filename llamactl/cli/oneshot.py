@@ -59,10 +59,11 @@ class _Writer:
 
 
 def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Sampling, *,
-                model_name: str, json_out: bool = False, notice=None) -> dict:
-    """Answer `message` after the conversation `conv`; stream the answer to stdout (or
-    print one JSON document). Returns the result document."""
-    conv.add("user", message)
+                model_name: str, json_out: bool = False, notice=None, images: list | None = None) -> dict:
+    """Answer `message` (with `images`, llamactl.images.ImageFile) after the conversation
+    `conv`; stream the answer to stdout (or print one JSON document). Returns the result
+    document."""
+    conv.add("user", message, images)
     trim = fit_to_context(conv, engine.count_chat_tokens, engine.n_ctx,
                           answer_reserve(engine.n_ctx, sampling.max_tokens))
     if trim.dropped_turns and notice is not None:
@@ -102,6 +103,7 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
             "completion_tokens": stats.completion_tokens,
             "total_tokens": stats.prompt_tokens + stats.completion_tokens,
             "prompt_tokens_evaluated": stats.prompt_tokens_evaluated,
+            "image_tokens": stats.prompt_image_tokens,
         },
         "timings": {
             "ttft_seconds": round(stats.ttft_seconds, 6),

@@ -28,6 +28,7 @@ COMMANDS = {
     "/load": "/load FILE replaces the conversation with a saved one",
     "/stats": "context used and the last answer's speed",
     "/retry": "generate the last answer again",
+    "/image": "/image PATH attaches an image to your next message (Llama 4 with a projector)",
 }
 SET_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float,
@@ -64,12 +65,14 @@ def clean_input(text: str) -> str:
 
 
 class Repl:
-    def __init__(self, engine: Engine, conv: Conversation, sampling: Sampling, *, model_name: str):
+    def __init__(self, engine: Engine, conv: Conversation, sampling: Sampling, *, model_name: str,
+                 images: list | None = None):
         self.engine = engine
         self.conv = conv
         self.sampling = sampling
         self.model_name = model_name
         self.last_stats: Stats | None = None
+        self.pending_images: list = list(images or [])   # go with the next message
 
     # -- prompt_toolkit -----------------------------------------------------------------
 
@@ -144,7 +147,8 @@ class Repl:
             message = clean_input(text)
             if not message:
                 continue
-            self.conv.add("user", message)
+            self.conv.add("user", message, self.pending_images)
+            self.pending_images = []
             try:
                 self.answer()
             except LlamactlError as exc:   # e.g. a chat template that refuses the conversation
@@ -215,7 +219,7 @@ class Repl:
             "/help": self.cmd_help, "/exit": lambda a: "exit", "/quit": lambda a: "exit",
             "/bye": lambda a: "exit", "/clear": self.cmd_clear, "/system": self.cmd_system,
             "/set": self.cmd_set, "/save": self.cmd_save, "/load": self.cmd_load,
-            "/stats": self.cmd_stats, "/retry": self.cmd_retry,
+            "/stats": self.cmd_stats, "/retry": self.cmd_retry, "/image": self.cmd_image,
         }.get(name.lower())
         if handler is None:
             output.warn(f"unknown command {name}; /help lists the commands")
@@ -231,7 +235,26 @@ class Repl:
 
     def cmd_clear(self, arg: str) -> None:
         self.conv.clear()
+        self.pending_images = []
         output.note("conversation cleared")
+
+    def cmd_image(self, arg: str) -> None:
+        path = self._path(arg, "/image")
+        if path is None:
+            return
+        images = self.engine.images
+        if images is None:
+            output.error(f"{self.model_name} has no vision projector, so it cannot read images")
+            output.hint("start the chat with --mmproj FILE (the model's mmproj-*.gguf)")
+            return
+        from llamactl.images import read_image
+
+        image = read_image(path)        # a bad file: one line, the session goes on
+        n_tokens, _ = images.count(image)
+        plan = images.plan(image)
+        self.pending_images.append(image)
+        output.note(f"attached {path.name} ({image.width}x{image.height}, {plan.rows}x{plan.cols} tiles, "
+                    f"{n_tokens} tokens): it goes with your next message")
 
     def cmd_system(self, arg: str) -> None:
         if not arg:
@@ -313,5 +336,6 @@ class Repl:
         self.answer()
 
 
-def run_repl(engine: Engine, conv: Conversation, sampling: Sampling, *, model_name: str) -> int:
-    return Repl(engine, conv, sampling, model_name=model_name).run()
+def run_repl(engine: Engine, conv: Conversation, sampling: Sampling, *, model_name: str,
+             images: list | None = None) -> int:
+    return Repl(engine, conv, sampling, model_name=model_name, images=images).run()

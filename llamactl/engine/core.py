@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from llamactl.engine import bindings
+from llamactl.engine.images import IMAGE_PLACE, eval_prompt, is_image_token, split_markers
 from llamactl.engine.template import CHAT_FORMATS, ChatTemplate, builtin
 from llamactl.engine.types import EngineOptions, Piece, Sampling, Stats
 from llamactl.errors import InsufficientResources, IntegrityError, LlamactlError, NotFound, UsageError
 
 if TYPE_CHECKING:
+    from llamactl.engine.images import ImageTokens
     from llamactl.offload import Plan
 
 # Tokens that end a turn whatever the vocabulary's EOG set says.
@@ -71,6 +73,7 @@ class Engine:
         self._stop_tokens = self._find_stop_tokens()
         self._bad_utf8: list[int] | None = None
         self.template = self._make_template(options.chat_format)
+        self.images: ImageTokens | None = None   # a vision projector (attach_projector)
 
     # -- loading ------------------------------------------------------------------------
 
@@ -120,8 +123,36 @@ class Engine:
                     hint="try a smaller --ctx, fewer --gpu-layers, or run with --verbose") from exc
             raise IntegrityError(f"llama.cpp could not load {model_path}: {text}",
                                  hint="run with --verbose for llama.cpp's log") from exc
-        return cls(llama, model_path=model_path, options=options, plan=plan,
-                   load_seconds=time.perf_counter() - started)
+        engine = cls(llama, model_path=model_path, options=options, plan=plan,
+                     load_seconds=time.perf_counter() - started)
+        if options.mmproj is not None:
+            try:
+                engine.attach_projector(options.mmproj)
+            except BaseException:
+                engine.close()
+                raise
+            engine.load_seconds = time.perf_counter() - started
+        return engine
+
+    def attach_projector(self, path: Path) -> None:
+        """Load a Llama 4 vision projector (mmproj GGUF) for this model: images can then be
+        placed in messages (`"images": [ImageFile, ...]` beside the content)."""
+        from llamactl.engine.images import ImageTokens, Projector, ProjectorInfo
+
+        if self.architecture != "llama4":
+            raise UsageError(f"{self.model_path.name} is a {self.architecture} model; llamactl reads images "
+                             "with Llama 4 models only")
+        info = ProjectorInfo.read(path)
+        projector = Projector(info, self.llama, n_threads=self.options.load.threads,
+                              use_gpu=self.plan.n_gpu_layers > 0)
+        self.images = ImageTokens(projector, self._special_id)
+
+    def _special_id(self, text: str) -> int:
+        ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise UsageError(f"the model's vocabulary has no {text} token: it is not a Llama 4 vision model",
+                             hint="images need a Llama 4 model (Scout, Maverick) and its projector")
+        return int(ids[0])
 
     def _find_stop_tokens(self) -> set[int]:
         stops: set[int] = set()
@@ -177,7 +208,10 @@ class Engine:
         return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        """The bytes of one token (special tokens as their text when `special`)."""
+        """The bytes of one token (special tokens as their text when `special`; a whole
+        image as its marker text)."""
+        if token < 0:
+            return self.images.marker(token).encode() if self.images is not None and is_image_token(token) else b""
         key = token if not special else -token - 1
         cached = self._piece_cache.get(key)
         if cached is not None:
@@ -216,7 +250,43 @@ class Engine:
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True,
                tools: list[dict] | None = None) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        """The prompt text. A message with `"images"` is rendered with image parts before
+        its text, as Llama 4's template expects them; each `<|image|>` the template writes
+        becomes that image's marker (a whole image, expanded when evaluated)."""
+        images = [img for m in messages for img in (m.get("images") or [])]
+        if not images:
+            return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        if self.images is None:
+            raise UsageError("this conversation holds an image, but the model has no vision projector",
+                             hint="give the projector with --mmproj FILE")
+        parts = []
+        for m in messages:
+            if m.get("images"):
+                m = dict(m, content=[{"type": "image"} for _ in m["images"]]
+                         + [{"type": "text", "text": m["content"]}])
+            parts.append(m)
+        text = self.template.render(parts, add_generation_prompt=add_generation_prompt, tools=tools)
+        pieces = text.split(IMAGE_PLACE)
+        if len(pieces) != len(images) + 1:
+            raise UsageError(f"the chat template placed {len(pieces) - 1} image(s) for {len(images)} given",
+                             hint="use the model's own template, or --chat-format llama4; "
+                                  f"a message must not contain {IMAGE_PLACE} as text")
+        out = [pieces[0]]
+        for img, piece in zip(images, pieces[1:]):
+            out += [self.images.marker(self.images.virtual(img)), piece]
+        return "".join(out)
+
+    def _tokenize_prompt(self, text: str, add_bos: bool = False) -> list[int]:
+        """Tokens of rendered text; image markers become their virtual image ids."""
+        if self.images is None or "\ue000" not in text:
+            return self.tokenize(text, add_bos=add_bos)
+        tokens: list[int] = []
+        for i, piece in enumerate(split_markers(text)):
+            if isinstance(piece, int):
+                tokens.append(piece)
+            else:
+                tokens += self.tokenize(piece, add_bos=add_bos and i == 0)
+        return tokens
 
     def chat_tokens(self, messages: list[dict]) -> list[int]:
         """The prompt tokens for `messages`, built so that the conversation already in the
@@ -260,12 +330,12 @@ class Engine:
                 if not decoder.getstate()[0]:   # no character cut in half here
                     keep, keep_pos = i + 1, pos
             if keep > 0:
-                rest = self.tokenize(text[keep_pos:]) if keep_pos < len(text) else []
+                rest = self._tokenize_prompt(text[keep_pos:]) if keep_pos < len(text) else []
                 tokens = list(history[:keep]) + rest
                 return tokens, list(flags[:keep]) + [True] * len(rest)
         text_bytes = text.encode("utf-8")
         add_bos = self._add_bos() and not self._starts_with_bos(text_bytes)
-        tokens = self.tokenize(text, add_bos=add_bos)
+        tokens = self._tokenize_prompt(text, add_bos=add_bos)
         return tokens, [True] * len(tokens)
 
     def _add_bos(self) -> bool:
@@ -278,9 +348,13 @@ class Engine:
         return bos is not None and bos >= 0 and text.startswith(self.piece(bos, special=True))
 
     def count_chat_tokens(self, messages: list[dict]) -> int:
+        """The prompt's length in evaluated tokens (an image counts its whole layout)."""
         text = self.render(messages)
         add_bos = self._add_bos() and not self._starts_with_bos(text.encode("utf-8"))
-        return len(self.tokenize(text, add_bos=add_bos))
+        tokens = self._tokenize_prompt(text, add_bos=add_bos)
+        if self.images is None:
+            return len(tokens)
+        return sum(self.images.count(self.images.image_of(t))[0] if is_image_token(t) else 1 for t in tokens)
 
     def stream_chat(self, messages: list[dict], sampling: Sampling) -> Iterator[Piece | Stats]:
         """Render `messages` with the chat template and generate the assistant's answer."""
@@ -329,8 +403,12 @@ class Engine:
         n_ctx = self.n_ctx
         if not prompt:
             raise UsageError("empty prompt")
-        if len(prompt) >= n_ctx:
-            raise LlamactlError(f"the prompt is {len(prompt)} tokens; the context window is {n_ctx} tokens",
+        # a whole image (a virtual id) is evaluated as its layout of tokens and image positions
+        full, n_image = self.images.expand(prompt) if self.images is not None else (prompt, 0)
+        if any(is_image_token(t) for t in full):
+            raise UsageError("this prompt holds an image but the model has no vision projector")
+        if len(full) >= n_ctx:
+            raise LlamactlError(f"the prompt is {len(full)} tokens; the context window is {n_ctx} tokens",
                                 hint="use a larger --ctx, or a shorter input")
         start = time.perf_counter()
         state = {"evaluated": 0, "generated": 0, "t_prompt": None, "t_first": None, "reason": "stop"}
@@ -347,12 +425,13 @@ class Engine:
             gen_seconds = end - (state["t_prompt"] or end)
             ttft = (state["t_first"] - start) if state["t_first"] else t_prompt
             stats = Stats(
-                prompt_tokens=len(prompt), prompt_tokens_evaluated=state["evaluated"],
+                prompt_tokens=len(full), prompt_tokens_evaluated=state["evaluated"],
                 completion_tokens=state["generated"], prompt_seconds=t_prompt,
                 generation_seconds=gen_seconds, ttft_seconds=ttft,
                 prompt_tps=state["evaluated"] / t_prompt if t_prompt > 0 else 0.0,
                 generation_tps=state["generated"] / gen_seconds if gen_seconds > 0 and state["generated"] else 0.0,
-                finish_reason=state["reason"], context_tokens=len(self._history),
+                finish_reason=state["reason"], context_tokens=len(self._history) + len(full) - len(prompt),
+                prompt_image_tokens=n_image,
             )
             self.last_stats = stats
             return stats
@@ -364,13 +443,16 @@ class Engine:
             if not reuse_cache:
                 self._truncate_cache(0)
             cached = self.context_tokens
-            keep = min(_lcp(cached, prompt), len(prompt) - 1)
+            keep = min(_lcp(cached, full), len(full) - 1)
             keep = self._truncate_cache(keep)
-            todo = prompt[keep:]
+            todo = full[keep:]
             step = max(1, int(llama.n_batch))
             for i in range(0, len(todo), step):
                 chunk = todo[i:i + step]
-                llama.eval(chunk)
+                if n_image:
+                    eval_prompt(llama, chunk, self.images)   # tokens and image embeddings
+                else:
+                    llama.eval(chunk)
                 state["evaluated"] += len(chunk)
                 self.evaluated_total += len(chunk)
             state["t_prompt"] = time.perf_counter()

@@ -12,6 +12,7 @@ resizes nor slices it) into its embeddings, [tokens_per_tile, n_embd] float32.
 from __future__ import annotations
 
 import ctypes
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,10 +219,33 @@ def decode_embeddings(llama: Any, embd: "np.ndarray", placeholders: list[int]) -
 # ------------------------------------------------------------------ images in a prompt
 
 PLACEHOLDER_ROWS = 1024   # rows per tile key in a placeholder id (Scout's tiles have 144)
+IMAGE_TOKEN_BASE = 1 << 30  # ids <= -IMAGE_TOKEN_BASE stand for a whole image (see ImageTokens)
+IMAGE_PLACE = "<|image|>"   # what Llama 4's chat template writes for an image part
+_MARKER = re.compile("\ue000image([0-9]+)\ue001")
 
 
 def is_placeholder(token: int) -> bool:
+    """A position of an image in a prompt as evaluated (negative ids)."""
     return token < 0
+
+
+def is_image_token(token: int) -> bool:
+    """A whole image in a prompt before its layout is expanded (see ImageTokens.virtual)."""
+    return token <= -IMAGE_TOKEN_BASE
+
+
+def split_markers(text: str) -> list[str | int]:
+    """Rendered text with image markers -> text pieces and virtual image ids, in order."""
+    out: list[str | int] = []
+    pos = 0
+    for m in _MARKER.finditer(text):
+        if m.start() > pos:
+            out.append(text[pos:m.start()])
+        out.append(-(IMAGE_TOKEN_BASE + int(m.group(1))))
+        pos = m.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    return out
 
 
 class ImageTokens:
@@ -234,9 +258,41 @@ class ImageTokens:
         self.projector = projector
         self._token_id = token_id               # special token text -> id (the model's vocabulary)
         self._keys: dict[tuple[str, int], int] = {}
-        self._tiles: dict[int, tuple[Any, int]] = {}   # key -> (tiles list holder, index)
+        self._tiles: dict[int, tuple[str, int]] = {}    # key -> (image digest, tile index)
         self._sources: dict[str, tuple[Any, Any]] = {}  # digest -> (ImageFile, TilePlan)
         self._encoded: dict[int, "np.ndarray"] = {}
+        self._virtual: dict[str, int] = {}              # digest -> index of its virtual id
+        self._by_index: list[Any] = []
+
+    # A whole image stands in a prompt as one virtual id until the prompt is evaluated: the
+    # engine's prefix comparison reads it as its marker text, which the rendered template
+    # holds where the image goes; `expand` replaces it with the image's layout.
+
+    def virtual(self, image: Any) -> int:
+        if image.digest not in self._virtual:
+            self._virtual[image.digest] = len(self._by_index)
+            self._by_index.append(image)
+            self.plan(image)
+        return -(IMAGE_TOKEN_BASE + self._virtual[image.digest])
+
+    def marker(self, token: int) -> str:
+        return f"\ue000image{-token - IMAGE_TOKEN_BASE}\ue001"
+
+    def image_of(self, token: int) -> Any:
+        return self._by_index[-token - IMAGE_TOKEN_BASE]
+
+    def expand(self, tokens: list[int]) -> tuple[list[int], int]:
+        """(tokens with every virtual image id replaced by its layout, image positions)."""
+        out: list[int] = []
+        n_image = 0
+        for t in tokens:
+            if is_image_token(t):
+                lay = self.tokens(self.image_of(t))
+                n_image += sum(1 for x in lay if is_placeholder(x))
+                out.extend(lay)
+            else:
+                out.append(t)
+        return out, n_image
 
     def plan(self, image: Any):
         from llamactl import images

@@ -25,7 +25,14 @@ LLAMA3_TEMPLATE = (
 LLAMA4_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
+    "{% if message['content'] is string %}"
     "{{ '<|header_start|>' + message['role'] + '<|header_end|>\n\n' + message['content'] | trim + '<|eot|>' }}"
+    "{% else %}"   # image and text parts, as Llama 4 Instruct's own template writes them
+    "{{ '<|header_start|>' + message['role'] + '<|header_end|>\n\n' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|image|>' }}{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{{ '<|eot|>' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|header_start|>assistant<|header_end|>\n\n' }}{% endif %}"
 )

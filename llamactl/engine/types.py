@@ -4,6 +4,7 @@ settings, and what a generation yields (a `Piece` per token, a `Stats` last)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from llamactl.load import LoadSpec
 
@@ -14,6 +15,7 @@ class EngineOptions:
     seed: int | None = None
     verbose: bool = False             # llama.cpp's log on stderr
     chat_format: str | None = None    # a built-in name (see CHAT_FORMATS) or a .jinja file
+    mmproj: Path | None = None        # a Llama 4 vision projector to load with the model
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Stats:
     generation_tps: float             # completion_tokens / generation_seconds
     finish_reason: str                # "stop" | "length" | "interrupted"
     context_tokens: int = 0           # tokens in the context after this call (prompt + answer)
+    prompt_image_tokens: int = 0      # of prompt_tokens, image positions (embeddings, not tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)
