@@ -70,7 +70,7 @@ _llamactl() {
             ;;
         pull)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --from --help --json --keep-intermediate --quant --quiet --revision -q" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --from --help --json --keep-intermediate --mmproj --quant --quiet --revision -q" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -131,6 +131,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from pull' -l from
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l keep-intermediate
+complete -c llamactl -n '__fish_seen_subcommand_from pull' -l mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quant
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l quiet
 complete -c llamactl -n '__fish_seen_subcommand_from pull' -l revision

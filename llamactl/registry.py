@@ -100,13 +100,21 @@ def lookup(ref: "ModelRef", models: dict[str, dict[str, Any]]) -> dict[str, Any]
     return entry
 
 
+def all_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An entry's file records: the model's files, then its vision projector's (`mmproj`)."""
+    files = list(entry.get("files") or [])
+    if isinstance(entry.get("mmproj"), dict):
+        files.append(entry["mmproj"])
+    return files
+
+
 def files_present(entry: dict[str, Any]) -> bool:
-    """Every file of an entry is there with its recorded size (an entry without a file
-    list: its path is a file)."""
+    """Every file of an entry (its projector too) is there with its recorded size (an entry
+    without a file list: its path is a file)."""
     files = entry.get("files") or []
     if not files:
         return bool(entry.get("path")) and os.path.isfile(entry["path"])
-    for f in files:
+    for f in all_files(entry):
         try:
             if os.path.getsize(f["path"]) != f.get("size"):
                 return False
@@ -190,7 +198,7 @@ def users_of(path: str, exclude: str | None = None,
                   else entries()):
         if entry["name"] == exclude:
             continue
-        for f in entry.get("files", []):
+        for f in all_files(entry):
             if path in (f.get("path"), f.get("blob")):
                 names.append(entry["name"])
                 break

@@ -39,7 +39,9 @@ def _show(model: str, as_json: bool) -> None:
     doc["license_accepted"] = licenses.is_accepted(family) if family else None
     if entry is not None:
         doc["registry"] = {k: entry.get(k) for k in ("name", "repo", "revision", "tag",
-                                                     "pulled_at", "size", "files")}
+                                                     "pulled_at", "size", "files", "mmproj")}
+    projector = _projector_of(path, entry)
+    doc["mmproj"] = projector
     if as_json:
         output.json_doc(doc)
         return
@@ -66,11 +68,37 @@ def _show(model: str, as_json: bool) -> None:
     ]
     if entry is not None and entry.get("repo"):
         rows.append(("source", f"{entry['repo']}@{(entry.get('revision') or '')[:12]}"))
+    if projector is not None:
+        rows.append(("vision projector", projector["path"] if "error" in projector else
+                     f"{projector['path']} ({human_bytes(projector['size'])}, {projector['tile']}-pixel tiles, "
+                     f"{projector['tokens_per_tile']} tokens a tile, up to {projector['max_tiles']} tiles)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         output.data(f"{key:<{width}}  {value}")
     for i, p in enumerate(info.paths):
         output.data(f"{'files' if i == 0 else '':<{width}}  {p}")
+
+
+def _projector_of(path, entry) -> dict | None:
+    """The model's vision projector as `show` lists it (None: it has none)."""
+    from llamactl.errors import LlamactlError
+    from llamactl.images import find_projector
+
+    try:
+        found = find_projector(path, entry)
+    except LlamactlError as exc:
+        return {"path": exc.message, "error": exc.message}
+    if found is None:
+        return None
+    from llamactl.engine.images import ProjectorInfo
+
+    try:
+        info = ProjectorInfo.read(found)
+    except LlamactlError as exc:
+        return {"path": str(found), "error": exc.message}
+    return {"path": str(found), "size": found.stat().st_size, "tile": info.tile,
+            "tokens_per_tile": info.tokens_per_tile, "max_tiles": info.max_tiles,
+            "n_params": info.n_params}
 
 
 def _rm(model: str, yes: bool, dry_run: bool, as_json: bool) -> None:

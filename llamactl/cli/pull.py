@@ -21,6 +21,9 @@ def _render(entry: dict[str, Any], status: str, as_json: bool, quiet: bool) -> N
         rev = (entry.get("revision") or "")[:12]
         output.info(f"{entry['name']}: {what} ({human_bytes(entry.get('size') or 0)}, "
                     f"{entry.get('repo')}@{rev})")
+        if entry.get("mmproj"):
+            proj = entry["mmproj"]
+            output.info(f"vision projector: {proj['filename']} ({human_bytes(proj.get('size') or 0)})")
     output.data(entry["path"])
 
 
@@ -39,6 +42,10 @@ def register(app: Any) -> None:
         keep_intermediate: Annotated[bool, typer.Option(
             "--keep-intermediate", help="With --from safetensors: keep (and register) the "
                                         "full-precision GGUF.")] = False,
+        mmproj: Annotated[Optional[str], typer.Option(
+            "--mmproj", help="The vision projector to fetch with a Llama 4 GGUF: a quant (f16, bf16, "
+                             "q8_0 ...) or none (default: the model's precision, else F16/BF16 "
+                             "before quantized ones).")] = None,
         as_json: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -46,5 +53,6 @@ def register(app: Any) -> None:
 
         entry, status = pull_model(model, quiet=quiet, source=source, quant=quant,
                                    revision=revision, keep_intermediate=keep_intermediate,
-                                   accept_license=accept_license)
+                                   accept_license=accept_license,
+                                   projector=mmproj.lower() if mmproj else None)
         _render(entry, status, as_json, quiet)

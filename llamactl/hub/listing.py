@@ -207,6 +207,43 @@ def choose_files(listing: RepoListing, tag: str) -> tuple[str, list[RemoteFile]]
     return labels[key], _ordered_parts(groups[key], listing.repo)
 
 
+PROJECTOR_ORDER = ("F16", "BF16", "F32", "FP16", "FP32")   # preferred over quantized projectors
+
+
+def is_projector(filename: str) -> bool:
+    base = filename.rsplit("/", 1)[-1].lower()
+    return base.startswith("mmproj") and base.endswith(".gguf")
+
+
+def choose_projector(listing: RepoListing, tag: str | None, want: str | None = None) -> RemoteFile | None:
+    """The vision projector (mmproj*.gguf) to fetch with a model of quant `tag`: the one of
+    the model's own precision when the model is F16/BF16/F32, else F16, then BF16, then F32,
+    then a quantized one; `want` (a quant label, e.g. "q8_0") asks for that one (NotFound
+    naming what there is). None when the repository publishes none."""
+    found = [f for f in listing.files if is_projector(f.filename)]
+    if not found:
+        if want:
+            raise NotFound(f"{listing.repo} publishes no vision projector (mmproj*.gguf)")
+        return None
+    labelled = [((quant_of(f.filename) or "").upper(), f) for f in found]
+    if want:
+        match = [f for label, f in labelled if label == want.upper()]
+        if not match:
+            raise NotFound(f"{listing.repo} has no {want.upper()} projector",
+                           hint="available: " + ", ".join(sorted({lbl.lower() or f.filename
+                                                                   for lbl, f in labelled})))
+        return match[0]
+    own = (tag or "").upper()
+    order = ([own] if own in PROJECTOR_ORDER else []) + list(PROJECTOR_ORDER)
+
+    def rank(item: tuple[str, RemoteFile]) -> tuple[int, int, str]:
+        label, f = item
+        pos = order.index(label) if label in order else len(order)
+        return (pos, -(f.size or 0), f.filename)   # among quantized ones: the largest
+
+    return sorted(labelled, key=rank)[0][1]
+
+
 def _ordered_parts(files: list[RemoteFile], repo: str) -> list[RemoteFile]:
     split = [(split_parts(f.filename), f) for f in files]
     if all(s is None for s, _ in split):

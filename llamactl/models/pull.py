@@ -33,10 +33,11 @@ class PullPlan:
     files: list[RemoteFile]       # first part first
     license_family: str | None
     listing: RepoListing | None = None
+    projector: RemoteFile | None = None   # the vision projector fetched with the model
 
     @property
     def total_size(self) -> int:
-        return sum(f.size or 0 for f in self.files)
+        return sum(f.size or 0 for f in self.files) + ((self.projector.size or 0) if self.projector else 0)
 
 
 class PullProgress(DownloadProgress):
@@ -62,9 +63,21 @@ class Pulled(NamedTuple):
 
 # ---------------------------------------------------------------------------- plans
 
-def plan_gguf(ref: ModelRef, revision: str | None = None) -> PullPlan:
+def plan_gguf(ref: ModelRef, revision: str | None = None, projector: str | None = None) -> PullPlan:
     """Which repository, commit and GGUF files a catalog or Hub reference means (network:
-    the listing only). A catalog model's sources are tried in order."""
+    the listing only). A catalog model's sources are tried in order. A repository that
+    publishes a vision projector (mmproj*.gguf, Llama 4's) gets it in the plan too
+    (hub.listing.choose_projector: F16/BF16 before quantized ones); `projector`: a quant
+    label to ask for one ("q8_0"), or "none" for none."""
+    plan = _plan_gguf_files(ref, revision)
+    if projector != "none" and plan.listing is not None:
+        from llamactl.hub.listing import choose_projector
+
+        plan.projector = choose_projector(plan.listing, plan.tag, projector)
+    return plan
+
+
+def _plan_gguf_files(ref: ModelRef, revision: str | None = None) -> PullPlan:
     from llamactl.hub.listing import choose_files, files_for_path, list_repo, quant_of
 
     if ref.kind == "catalog":
@@ -142,10 +155,11 @@ def _lock_path(name: str) -> Path:
 
 
 def _present(plan: PullPlan) -> dict[str, Any] | None:
-    """The registered entry for this plan's exact revision, when all its files are here."""
+    """The registered entry for this plan's exact revision, when all its files are here
+    (its projector too, when the plan has one)."""
     existing = registry.get(plan.name)
     if existing is not None and existing.get("revision") == plan.commit \
-            and registry.files_present(existing):
+            and registry.files_present(existing) and (plan.projector is None or existing.get("mmproj")):
         return existing
     return None
 
@@ -195,20 +209,24 @@ def _opening(known: Callable[[dict[str, dict[str, Any]]], dict[str, Any] | None]
 
 def pull_gguf(ref: ModelRef, *, revision: str | None = None, accept_license: bool = False,
               confirm: Confirm | None = None, progress: DownloadProgress | None = None,
-              checked: bool = False) -> Pulled:
+              checked: bool = False, projector: str | None = None) -> Pulled:
     """Pull a catalog or Hub GGUF reference: plan, license gate, download with resume,
-    verify, register. `checked`: the caller already found it is not registered."""
+    verify, register. The repository's vision projector comes along under the same rules
+    (see plan_gguf; registered as the entry's `mmproj`). `checked`: the caller already
+    found it is not registered."""
     from llamactl.hub.download import download
 
     progress = progress or PullProgress()
-    with _opening(lambda models: registry.lookup(ref, models), lambda: plan_gguf(ref, revision),
+    with _opening(lambda models: registry.lookup(ref, models), lambda: plan_gguf(ref, revision, projector),
                   revision=revision, checked=checked, accept_license=accept_license,
                   confirm=confirm, progress=progress) as (plan, existing):
         if existing is not None:
             return Pulled(existing, "present")
         assert plan is not None
-        records = download(plan.repo, plan.commit, plan.files, revision=plan.requested_revision,
+        wanted = plan.files + ([plan.projector] if plan.projector is not None else [])
+        records = download(plan.repo, plan.commit, wanted, revision=plan.requested_revision,
                            what=plan.name, progress=progress)
+        mmproj = records.pop() if plan.projector is not None else None
         if plan.license_family is None:
             # Neither the catalog nor the Hub named a license: the GGUF's own
             # general.license is the last word. The file stays in the cache, unregistered,
@@ -222,6 +240,8 @@ def pull_gguf(ref: ModelRef, *, revision: str | None = None, accept_license: boo
             "path": records[0]["path"], "size": sum(r["size"] for r in records),
             "license": plan.license_family, "pulled_at": registry.now(),
         }
+        if mmproj is not None:
+            entry["mmproj"] = mmproj
         return Pulled(registry.put(entry), "pulled")
 
 
@@ -295,7 +315,7 @@ def pull_safetensors(ref: ModelRef, *, quant: str = "Q4_K_M", revision: str | No
 def pull(ref: str | ModelRef, *, source: str = "gguf", quant: str | None = None,
          revision: str | None = None, keep_intermediate: bool = False,
          accept_license: bool = False, confirm: Confirm | None = None,
-         progress: PullProgress | None = None) -> Pulled:
+         progress: PullProgress | None = None, projector: str | None = None) -> Pulled:
     """Pull a reference as typed (`llamactl pull`): source "gguf" (a published GGUF; the
     quant is the reference's tag) or "safetensors" (the checkpoint, converted here and
     quantized to `quant`, default the tag or Q4_K_M). The flag combination is checked
@@ -314,7 +334,9 @@ def pull(ref: str | ModelRef, *, source: str = "gguf", quant: str | None = None,
                          hint="use it directly (chat, show, bench accept a .gguf path)")
     if source == "gguf":
         return pull_gguf(parsed, revision=revision, accept_license=accept_license,
-                         confirm=confirm, progress=progress)
+                         confirm=confirm, progress=progress, projector=projector)
+    if projector is not None:
+        raise UsageError("--mmproj goes with GGUF pulls; --from safetensors converts the projector itself")
     _safetensors_model(parsed)
     if parsed.tag and quant and parsed.tag.lower() != quant.lower():
         raise UsageError(f"two quants asked for: the tag {parsed.tag!r} and --quant {quant!r}")

@@ -68,7 +68,7 @@ def plan_removal(ref: str) -> RemovalPlan:
     def users(path: Path) -> list[str]:
         return registry.users_of(str(path), exclude=entry["name"], models=models)
 
-    for f in entry.get("files", []):
+    for f in registry.all_files(entry):       # the projector's file too
         pointer = Path(f["path"])
         blob = Path(f["blob"]) if f.get("blob") else None
         if blob is not None:
