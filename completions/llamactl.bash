@@ -63,7 +63,7 @@ _llamactl() {
             ;;
         plan)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-type --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-type --mmproj --no-mmproj --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

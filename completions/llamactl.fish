@@ -117,6 +117,8 @@ complete -c llamactl -n '__fish_seen_subcommand_from plan' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l json
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l kv-type
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l mmproj
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l no-mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ram
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ubatch-size
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l vram

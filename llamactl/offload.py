@@ -257,6 +257,7 @@ class Plan:
     expert_layers_on_cpu: list[int] = field(default_factory=list)
     layers_on_gpu: list[int] = field(default_factory=list)
     output_on_gpu: bool = False
+    mmproj: str | None = None            # the vision projector planned with the model
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -271,7 +272,7 @@ class Plan:
             "vram": self.vram, "ram": self.ram, "margin": self.margin,
             "devices_source": self.devices_source, "gpus": list(self.gpus),
             "gpu": dict(self.gpu), "cpu": dict(self.cpu),
-            "weights_total": self.weights_total, "warnings": list(self.warnings),
+            "weights_total": self.weights_total, "mmproj": self.mmproj, "warnings": list(self.warnings),
             "estimates": "weights and KV cache are exact; compute buffers and overheads are estimates",
         }
 
@@ -282,8 +283,9 @@ class Plan:
 
 
 def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, flash_attn: bool,
-           n_ubatch: int, has_gpu: bool) -> dict[str, Any]:
-    """Bytes on each device for one placement."""
+           n_ubatch: int, has_gpu: bool, vision: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """Bytes on each device for one placement. `vision`: a vision projector's (weights,
+    compute buffer), on the GPU when any layer is (as the engine loads it), else in RAM."""
     L = shape.n_layer
     ngl = max(0, min(ngl, L + 1))
     # llama.cpp (as vendored in 0.3.36): i_gpu_start = max(n_layer + 1 - ngl, 0); slot
@@ -333,8 +335,11 @@ def _usage(shape: ModelShape, ngl: int, cpu_moe: int, n_ctx: int, kv_type: str, 
     out_buf = shape.n_vocab * 4  # logits of one output (host)
     gpu = {"weights": g_w, "output_copy": output_copy, "kv_cache": kv_gpu, "compute": g_comp,
            "overhead": overhead}
-    gpu["total"] = sum(gpu.values())
     cpu = {"weights": c_w, "kv_cache": kv_cpu, "compute": c_comp + out_buf}
+    if vision != (0, 0):
+        side = gpu if ngl else cpu
+        side["vision_weights"], side["vision_compute"] = vision
+    gpu["total"] = sum(gpu.values())
     cpu["total"] = sum(cpu.values())
     return {"gpu": gpu, "cpu": cpu, "ngl": ngl, "gpu_layers": gpu_layers, "output_gpu": output_gpu,
             "moe_cpu": moe_cpu, "weights_total": g_w + c_w}
@@ -372,11 +377,15 @@ def _ctx_limit(shape: ModelShape, cap: int) -> int:
 
 
 def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
-         ram: int | None = None, devices: Any = None, margin: int | None = None) -> Plan:
+         ram: int | None = None, devices: Any = None, margin: int | None = None,
+         projector: Any = None) -> Plan:
     """The plan for a GGUFInfo loaded as `spec` (validated: see llamactl.load). `vram`/`ram`
     (bytes) replace detection; `devices` (a devices.Devices) replaces probing. Raises
     InsufficientResources (exit 8) when even the smallest plan does not fit in VRAM + RAM;
-    the refused plan is on the exception as `.plan`."""
+    the refused plan is on the exception as `.plan`. `projector` (an
+    engine.images.ProjectorInfo): a vision projector loaded with the model, planned too."""
+    import functools
+
     spec = spec or LoadSpec()
     ctx, kv_type, flash_attn = spec.ctx, spec.kv_type, spec.flash_attn
     n_batch, n_ubatch, cpu_moe = spec.n_batch, spec.n_ubatch, spec.cpu_moe
@@ -384,6 +393,8 @@ def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
     if gpu_layers is not None and gpu_layers < 0:
         gpu_layers = 1 << 30  # -1: every layer
     shape = model_shape(info)
+    vision = (int(projector.tensor_bytes), int(projector.compute_bytes())) if projector is not None else (0, 0)
+    usage = functools.partial(_usage, vision=vision)
     if shape.n_layer <= 0:
         raise UsageError(f"{shape.path}: no block_count in its header; cannot plan a model of "
                          f"architecture {shape.architecture!r}")
@@ -434,9 +445,9 @@ def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
     def choose(n_ctx: int) -> tuple[dict[str, Any], str, int] | None:
         """The first candidate that fits the GPU (None if none does)."""
         if not has_gpu and gpu_layers is None:
-            return _usage(shape, 0, 0, n_ctx, kv_type, flash_attn, n_ubatch, False), "cpu-only", 0
+            return usage(shape, 0, 0, n_ctx, kv_type, flash_attn, n_ubatch, False), "cpu-only", 0
         for ngl, k, strategy in _candidates(shape, gpu_layers, cpu_moe):
-            u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
+            u = usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
             if fits_gpu(u):
                 return u, strategy, k
         return None
@@ -461,7 +472,7 @@ def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
             for c in ctx_list:
                 if c < partial_ctx:
                     break
-                u = _usage(shape, shape.n_layer + 1, 0, c, kv_type, flash_attn, n_ubatch, True)
+                u = usage(shape, shape.n_layer + 1, 0, c, kv_type, flash_attn, n_ubatch, True)
                 if fits_gpu(u) and fits_cpu(u):
                     chosen, n_ctx = (u, "full-gpu", 0), c
                     break
@@ -477,7 +488,7 @@ def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
     if chosen is None:
         # nothing fits the GPU (only with manual settings): keep what was asked
         ngl, k, strategy = _candidates(shape, gpu_layers, cpu_moe)[0]
-        u = _usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
+        u = usage(shape, ngl, k, n_ctx, kv_type, flash_attn, n_ubatch, has_gpu)
         chosen = (u, strategy, k)
     u, strategy, k = chosen
     if ctx is None and n_ctx < _ctx_limit(shape, DEFAULT_CTX) and fits and has_gpu:
@@ -529,8 +540,20 @@ def plan(info: Any, spec: LoadSpec | None = None, *, vram: int | None = None,
 
 
 def plan_for_model(gguf_path: Path | str, spec: LoadSpec | None = None, *, vram: int | None = None,
-                   ram: int | None = None, devices: Any = None) -> Plan:
-    """Read the GGUF header at `gguf_path` (first part of a split model) and plan."""
+                   ram: int | None = None, devices: Any = None, mmproj: Path | str | None = None) -> Plan:
+    """Read the GGUF header at `gguf_path` (first part of a split model) and plan (with the
+    vision projector at `mmproj`, when given)."""
     from llamactl.gguf_info import read_gguf
 
-    return plan(read_gguf(gguf_path), spec, vram=vram, ram=ram, devices=devices)
+    projector = None
+    if mmproj is not None:
+        from llamactl.engine.images import ProjectorInfo
+
+        projector = ProjectorInfo.read(mmproj)
+    try:
+        result = plan(read_gguf(gguf_path), spec, vram=vram, ram=ram, devices=devices, projector=projector)
+    except DoesNotFit as exc:
+        exc.plan.mmproj = str(mmproj) if mmproj is not None else None
+        raise
+    result.mmproj = str(mmproj) if mmproj is not None else None
+    return result

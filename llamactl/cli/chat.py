@@ -123,7 +123,7 @@ def register(app) -> None:
             from llamactl import offload
             from llamactl.cli.plan import render
 
-            plan = offload.plan_for_model(path, spec)
+            plan = offload.plan_for_model(path, spec, mmproj=projector)
             if json_out:
                 output.json_doc({"model": model, "path": str(path), **plan.to_dict()})
                 return

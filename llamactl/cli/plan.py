@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
 
 from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt,
                                   JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
@@ -59,6 +62,9 @@ def render(plan: "Plan", model_ref: str) -> list[str]:
         lines.append(_row("output (tied copy)", g["output_copy"], "-"))
     lines.append(_row("KV cache", g.get("kv_cache", 0), c.get("kv_cache", 0)))
     lines.append(_row("compute (estimate)", g.get("compute", 0), c.get("compute", 0)))
+    if plan.mmproj:
+        lines.append(_row("vision projector", g.get("vision_weights", "-"), c.get("vision_weights", "-")))
+        lines.append(_row("  its compute (est.)", g.get("vision_compute", "-"), c.get("vision_compute", "-")))
     lines.append(_row("CUDA overhead (est.)", g.get("overhead", 0), "-"))
     lines.append(_row("total", g.get("total", 0), c.get("total", 0)))
     lines.append(f"  model weights, all devices: {human_bytes(plan.weights_total)} "
@@ -89,6 +95,10 @@ def register(app: Any) -> None:
         batch_size: BatchOpt = 512,
         ubatch_size: UbatchOpt = 512,
         accept_license: AcceptLicenseOpt = False,
+        mmproj: Annotated[Optional[Path], typer.Option(
+            "--mmproj", help="Plan this vision projector too (default: the model's, when it has one).",
+            dir_okay=False)] = None,
+        no_mmproj: Annotated[bool, typer.Option("--no-mmproj", help="Plan without the vision projector.")] = False,
         as_json: JsonOpt = False,
     ) -> None:
         from llamactl import offload
@@ -103,9 +113,13 @@ def register(app: Any) -> None:
 
         from llamactl.cli.fetch import resolve_model
 
-        path = resolve_model(model, accept_license=accept_license, quiet=as_json).path
+        local = resolve_model(model, accept_license=accept_license, quiet=as_json)
+        path = local.path
+        from llamactl.images import find_projector
+
+        projector = None if no_mmproj else find_projector(path, local.entry, mmproj)
         try:
-            result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes)
+            result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes, mmproj=projector)
         except offload.DoesNotFit as exc:
             if as_json:
                 output.json_doc(exc.plan.to_dict())

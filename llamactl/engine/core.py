@@ -90,7 +90,7 @@ class Engine:
         bindings.check()
         started = time.perf_counter()
         bindings.set_llama_log(options.verbose)
-        plan = offload.plan_for_model(model_path, spec)
+        plan = offload.plan_for_model(model_path, spec, mmproj=options.mmproj)
         n_ctx = int(spec.ctx or plan.n_ctx)
         kwargs: dict[str, Any] = dict(
             n_gpu_layers=int(plan.n_gpu_layers), n_ctx=n_ctx, n_batch=min(spec.n_batch, n_ctx),
