@@ -162,6 +162,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from rm' -l yes
 complete -c llamactl -n '__fish_seen_subcommand_from rm' -o y
 complete -c llamactl -f -n '__fish_use_subcommand' -a serve -d 'Serve models over an OpenAI-compatible API with parallel slots. Prints the base URL (http://HOST:PORT/v1) on stdout once it accepts connections; SIGTERM or Ctrl-C stops it.'
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l accept-license
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l allow-file-images
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l api-key
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l batch-size
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l chat-format

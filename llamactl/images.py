@@ -70,12 +70,25 @@ def read_image(path: str | Path) -> ImageFile:
     """Open and fully decode an image file. Raises UsageError (exit 2) with one line for a
     missing file, a file that is not an image, a truncated or corrupt one, or one whose
     header claims more than MAX_PIXELS pixels (checked before decoding)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
+    return _decode(p, str(p))
+
+
+def read_image_bytes(data: bytes, label: str = "the image") -> ImageFile:
+    """`read_image` for an image held in memory (a data: URL's bytes); `label` names it in
+    errors and stands as its path."""
+    import io
+
+    return _decode(io.BytesIO(data), label)
+
+
+def _decode(source, label: str) -> ImageFile:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = label
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -84,7 +97,7 @@ def read_image(path: str | Path) -> ImageFile:
             # size, so that the message can say what the header claims
             Image.MAX_IMAGE_PIXELS = None
             try:
-                img = Image.open(p)
+                img = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
             with img:
@@ -109,7 +122,7 @@ def read_image(path: str | Path) -> ImageFile:
         reason = str(exc).strip().rstrip(".") or type(exc).__name__
         raise UsageError(f"{p}: the image cannot be decoded ({reason}); is the file truncated?") from None
     digest = hashlib.sha256(pixels.tobytes() + f"{pixels.shape}".encode()).hexdigest()
-    return ImageFile(str(p), pixels, digest)
+    return ImageFile(label, pixels, digest)
 
 
 # ------------------------------------------------------------------------------ tiling

@@ -58,6 +58,9 @@ def serve(
     chat_format: Annotated[Optional[str], typer.Option(
         "--chat-format", help="Chat template instead of the GGUF's: llama3, llama4, llama2, chatml, "
         "plain, or a .jinja file.")] = None,
+    allow_file_images: Annotated[bool, typer.Option(
+        "--allow-file-images", help="Let image_url parts name files on this machine (paths or file: "
+        "URLs); without it only data: URLs are read.")] = False,
     verbose: VerboseOpt = False,
     accept_license: AcceptLicenseOpt = False,
 ) -> None:
@@ -91,7 +94,7 @@ def serve(
     loads = _plan(specs, spec, parallel=parallel, chat_format=chat_format, verbose=verbose)
     for load in loads:
         output.info(load.pop("summary"))
-    to_serve = [ModelToServe(**load) for load in loads]
+    to_serve = [ModelToServe(**load, allow_file_images=allow_file_images) for load in loads]
 
     # 4. bind, print the URL, load, serve until SIGTERM / Ctrl-C
     run(to_serve, host=host, port=port, api_key=api_key, queue=queue, cors=cors, max_body=limit,
@@ -104,9 +107,13 @@ def _resolve(ref: str, *, accept_license: bool) -> dict[str, Any]:
     name without .gguf; the reference as typed is always an alias."""
     from llamactl.cli.fetch import resolve_model
 
+    from llamactl.images import find_projector
+
     local = resolve_model(ref, accept_license=accept_license)
     name = local.name if local.entry is not None else Path(local.path).name.removesuffix(".gguf")
-    return {"name": name, "aliases": {ref} - {name}, "path": Path(local.path)}
+    # a Llama 4 model's vision projector (the registry's, or one beside the file): image_url parts
+    return {"name": name, "aliases": {ref} - {name}, "path": Path(local.path),
+            "mmproj": find_projector(local.path, local.entry)}
 
 
 def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat_format: str | None,
@@ -128,7 +135,8 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
     last_error: InsufficientResources | None = None
     for slots in tries:
         try:
-            plans = [plan_for_model(m["path"], spec.replace(ctx=slots * slot_ctx[m["name"]])) for m in models]
+            plans = [plan_for_model(m["path"], spec.replace(ctx=slots * slot_ctx[m["name"]]), mmproj=m.get("mmproj"))
+                     for m in models]
         except InsufficientResources as exc:
             last_error = exc
             continue
@@ -148,7 +156,8 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
             # the engine's own context stays small: the slots' context is the server's
             own = spec.replace(ctx=256, n_batch=256, n_ubatch=256, gpu_layers=plan.n_gpu_layers,
                                cpu_moe=plan.cpu_moe or None)
-            options = EngineOptions(load=own, verbose=verbose, chat_format=chat_format)
+            mmproj = m.get("mmproj") if plan.architecture == "llama4" else None
+            options = EngineOptions(load=own, verbose=verbose, chat_format=chat_format, mmproj=mmproj)
             out.append({"name": m["name"], "aliases": m["aliases"], "path": m["path"], "options": options,
                         "slots": slots, "slot_ctx": n, "n_batch": spec.n_batch, "n_ubatch": spec.n_ubatch,
                         "summary": f"{m['name']}: {slots} slots x {n} tokens; {plan.summary()}"})

@@ -96,6 +96,7 @@ class _Slot:
     decoder: Any = None
     stop: StopText | None = None
     n_prompt: int = 0
+    n_image: int = 0                                      # of n_prompt, image positions
     evaluated: int = 0
     generated: int = 0
     t_prompt: float | None = None
@@ -163,6 +164,9 @@ class BatchDecoder:
             prompt, flags = list(job.prompt), [True] * len(job.prompt)
         if not prompt:
             raise LlamactlError("empty prompt")
+        n_image = 0
+        if engine.images is not None:     # whole images (virtual ids) -> their layouts
+            prompt, flags, n_image = engine.images.expand_flags(prompt, flags)
         if len(prompt) >= self.slot_ctx:
             raise LlamactlError(f"the prompt is {len(prompt)} tokens; a slot's context is {self.slot_ctx} tokens")
         keep = min(_lcp(slot.tokens, prompt), len(prompt) - 1)
@@ -182,6 +186,7 @@ class BatchDecoder:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.stop = StopText(job.stop)
         slot.n_prompt = len(prompt)
+        slot.n_image = n_image
         slot.evaluated = 0
         slot.generated = 0
         slot.t_prompt = None
@@ -204,7 +209,7 @@ class BatchDecoder:
             ttft_seconds=(slot.t_first - job.started) if slot.t_first else t_prompt,
             prompt_tps=slot.evaluated / t_prompt if t_prompt > 0 else 0.0,
             generation_tps=slot.generated / gen_seconds if gen_seconds > 0 and slot.generated else 0.0,
-            finish_reason=reason, context_tokens=len(slot.tokens),
+            finish_reason=reason, context_tokens=len(slot.tokens), prompt_image_tokens=slot.n_image,
         ))
         slot.job = None
         slot.sampler = None
@@ -248,7 +253,28 @@ class BatchDecoder:
         for slot in self.slots:
             if slot.job is None or not slot.todo or n >= self.n_batch:
                 continue
+            if slot.todo[0] < 0:
+                # image positions: their embeddings go in a decode of their own (a batch
+                # holds tokens or embeddings, not both), then the slot goes on with tokens
+                from llamactl.engine.images import decode_rows
+
+                run = 0
+                while run < len(slot.todo) and slot.todo[run] < 0 and run < self.n_batch:
+                    run += 1
+                rows = slot.todo[:run]
+                decode_rows(self._ctx, self.engine.images.embeddings(rows), len(slot.tokens), slot.seq, self.n_batch)
+                self.tokens_decoded += run
+                slot.tokens.extend(rows)
+                slot.flags.extend(slot.todo_flags[:run])
+                slot.todo = slot.todo[run:]
+                slot.todo_flags = slot.todo_flags[run:]
+                slot.evaluated += run
+                if not slot.todo or slot.todo[0] < 0:
+                    continue
             take = slot.todo[: self.n_batch - n]
+            first_image = next((j for j, t in enumerate(take) if t < 0), None)
+            if first_image is not None:
+                take = take[:first_image]        # the image goes in a decode of its own next step
             for j, token in enumerate(take):
                 last = j == len(take) - 1 and len(take) == len(slot.todo)
                 index = add(token, len(slot.tokens) + j, slot.seq, last)

@@ -231,6 +231,35 @@ def decode_embeddings(llama: Any, embd: "np.ndarray", placeholders: list[int]) -
         llama_cpp.llama_batch_free(batch)
 
 
+def decode_rows(ctx: Any, embd: "np.ndarray", pos0: int, seq: int, n_batch: int) -> None:
+    """Evaluate rows of embeddings at positions pos0.. of sequence `seq` of a llama.cpp
+    context (the server's slots), in batches of n_batch, without logits (an image is never
+    the end of a prompt: `<|image_end|>` follows it)."""
+    import llama_cpp
+    import numpy as np
+
+    n, n_embd = embd.shape
+    step = max(1, int(n_batch))
+    data = np.ascontiguousarray(embd, dtype=np.float32)
+    batch = llama_cpp.llama_batch_init(step, n_embd, 1)
+    try:
+        for i in range(0, n, step):
+            rows = data[i:i + step]
+            k = rows.shape[0]
+            ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+            batch.n_tokens = k
+            for j in range(k):
+                batch.pos[j] = pos0 + i + j
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = seq
+                batch.logits[j] = 0
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise IntegrityError(f"llama.cpp could not evaluate image embeddings (llama_decode {rc})")
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
 # ------------------------------------------------------------------ images in a prompt
 
 PLACEHOLDER_ROWS = 1024   # rows per tile key in a placeholder id (Scout's tiles have 144)
@@ -298,16 +327,24 @@ class ImageTokens:
 
     def expand(self, tokens: list[int]) -> tuple[list[int], int]:
         """(tokens with every virtual image id replaced by its layout, image positions)."""
+        out, _, n_image = self.expand_flags(tokens, [True] * len(tokens))
+        return out, n_image
+
+    def expand_flags(self, tokens: list[int], flags: list[bool]) -> tuple[list[int], list[bool], int]:
+        """`expand` with a per-token flag list expanded alongside (layout tokens: True)."""
         out: list[int] = []
+        out_flags: list[bool] = []
         n_image = 0
-        for t in tokens:
+        for t, f in zip(tokens, flags):
             if is_image_token(t):
                 lay = self.tokens(self.image_of(t))
                 n_image += sum(1 for x in lay if is_placeholder(x))
                 out.extend(lay)
+                out_flags.extend([True] * len(lay))
             else:
                 out.append(t)
-        return out, n_image
+                out_flags.append(f)
+        return out, out_flags, n_image
 
     def plan(self, image: Any):
         from llamactl import images

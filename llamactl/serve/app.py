@@ -39,6 +39,7 @@ class ServedModel:
     scheduler: Scheduler | None = None
     slot_ctx: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
+    allow_file_images: bool = False   # image_url parts may name local files (--allow-file-images)
 
 
 @dataclass
@@ -133,11 +134,54 @@ def _sampling(req: schema._Sampled, limit: int | None, grammar: str | None) -> S
     )
 
 
-def _template_messages(req: schema.ChatRequest) -> list[dict[str, Any]]:
-    """The messages as chat templates take them (tool-call arguments as objects)."""
+def _image(url: str, *, allow_files: bool, where: str):
+    """An image_url's image: a data: URL (base64), or a local path / file: URL when the
+    server was started with --allow-file-images. A 400 naming the message otherwise."""
+    import base64
+    import binascii
+
+    from llamactl import images
+
+    try:
+        if url.startswith("data:"):
+            head, _, payload = url.partition(",")
+            if ";base64" not in head or not payload:
+                raise errors.bad_request(f"{where}: a data: URL must be base64 (data:image/png;base64,...)",
+                                         param="messages")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                raise errors.bad_request(f"{where}: the data: URL is not valid base64", param="messages") from None
+            return images.read_image_bytes(data, f"{where} (data: URL)")
+        if url.startswith(("http://", "https://")):
+            raise errors.bad_request(f"{where}: the server does not fetch remote images; send a data: URL",
+                                     param="messages")
+        if not allow_files:
+            raise errors.bad_request(f"{where}: local image files need a server started with "
+                                     "--allow-file-images; send a data: URL", param="messages")
+        return images.read_image(url.removeprefix("file://"))
+    except LlamactlError as exc:
+        if isinstance(exc, errors.APIError):
+            raise
+        raise errors.bad_request(f"{where}: {exc.message}", param="messages") from None
+
+
+def _template_messages(req: schema.ChatRequest, served: Any = None) -> list[dict[str, Any]]:
+    """The messages as chat templates take them (tool-call arguments as objects; images,
+    decoded, beside the text of the message they came in)."""
     out = []
     for i, m in enumerate(req.messages):
         msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+        urls = m.image_urls()
+        if urls:
+            if served is None or served.engine is None or served.engine.images is None:
+                name = served.name if served is not None else "this model"
+                raise errors.bad_request(f"{name} has no vision projector: it cannot read images",
+                                         param="messages")
+            if m.role != "user":
+                raise errors.bad_request(f"messages.{i}: images go in user messages", param="messages")
+            msg["images"] = [_image(u, allow_files=served.allow_file_images, where=f"messages.{i}")
+                             for u in urls]
         if m.name:
             msg["name"] = m.name
         if m.tool_call_id:
@@ -207,14 +251,15 @@ def _prepare_chat(state: ServerState, req: schema.ChatRequest) -> _Prepared:
             raise errors.bad_request(f"response_format: cannot turn the schema into a grammar: {exc}",
                                      param="response_format") from None
     try:
-        text = engine.render(_template_messages(req), tools=tool_list or None)
+        text = engine.render(_template_messages(req, served), tools=tool_list or None)
     except LlamactlError as exc:
         raise errors.bad_request(exc.message, param="messages") from None
     if state.verbose:
         state.log(f"prompt: {text!r}")
     prompt = _tokens(engine, text)
     limit = req.limit()
-    _check_length(len(prompt), limit, served.slot_ctx)
+    evaluated = len(engine.images.expand(prompt)[0]) if engine.images is not None else len(prompt)
+    _check_length(evaluated, limit, served.slot_ctx)
     job = Job(prompt=prompt, text=text, sampling=_sampling(req, limit, grammar), emit=lambda item: None,
               stop=req.stops(), special_text=bool(names) and choice != "none")
     return _Prepared(served, job, names if choice != "none" else set())
@@ -233,7 +278,7 @@ def _prepare_completion(state: ServerState, req: schema.CompletionRequest) -> _P
 def _tokens(engine: Any, text: str) -> list[int]:
     text_bytes = text.encode("utf-8")
     add_bos = engine._add_bos() and not engine._starts_with_bos(text_bytes)
-    tokens = engine.tokenize(text, add_bos=add_bos)
+    tokens = engine._tokenize_prompt(text, add_bos=add_bos)   # image markers -> whole images
     if not tokens:
         raise errors.bad_request("the prompt is empty", param="messages")
     return tokens

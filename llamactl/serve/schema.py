@@ -22,8 +22,17 @@ class _Request(BaseModel):
 
 
 class TextPart(_Request):
+    """A content part: text, or an image (`image_url`: {"url": ...} or the URL itself)."""
+
     type: str
     text: Optional[str] = None
+    image_url: Union[str, dict[str, Any], None] = None
+
+    def url(self) -> str | None:
+        if isinstance(self.image_url, dict):
+            url = self.image_url.get("url")
+            return url if isinstance(url, str) else None
+        return self.image_url
 
 
 class FunctionCall(_Request):
@@ -49,11 +58,26 @@ class Message(_Request):
             return self.content
         parts = []
         for part in self.content:
+            if part.type == "image_url":
+                continue            # see image_urls
             if part.type != "text":
-                raise bad_request(f"content parts of type {part.type!r} are not supported (text only)",
+                raise bad_request(f"content parts of type {part.type!r} are not supported (text and image_url)",
                                   param="messages")
             parts.append(part.text or "")
         return "".join(parts)
+
+    def image_urls(self) -> list[str]:
+        """The URLs of the message's image_url parts, in order."""
+        if self.content is None or isinstance(self.content, str):
+            return []
+        urls = []
+        for part in self.content:
+            if part.type == "image_url":
+                url = part.url()
+                if not url:
+                    raise bad_request("an image_url part needs image_url.url", param="messages")
+                urls.append(url)
+        return urls
 
 
 class FunctionDef(_Request):

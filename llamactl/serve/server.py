@@ -31,6 +31,7 @@ class ModelToServe:
     n_batch: int = 512
     n_ubatch: int = 512
     aliases: set[str] = field(default_factory=set)
+    allow_file_images: bool = False    # image_url parts may name local files
 
 
 def is_loopback(host: str) -> bool:
@@ -81,7 +82,8 @@ def run(models: list[ModelToServe], *, host: str, port: int, api_key: str | None
     sock = bind(host, port)
     url = base_url(sock, host)
     state = ServerState(
-        models=[ServedModel(name=m.name, aliases=set(m.aliases), slot_ctx=m.slot_ctx) for m in models],
+        models=[ServedModel(name=m.name, aliases=set(m.aliases), slot_ctx=m.slot_ctx,
+                            allow_file_images=m.allow_file_images) for m in models],
         api_key=api_key, max_body=max_body, verbose=verbose, log=log)
     app = build_app(state, cors)
     config = uvicorn.Config(app, log_config=None, log_level="info" if verbose else "warning",
