@@ -118,3 +118,23 @@ def test_pull_projector_choice_and_a_corrupt_projector(cli_here, hubsim, scout_r
     hubsim.clear_faults()
     good = cli_here("pull", f"{REF}:Q4_K_M", "--json")
     assert good.returncode == 0 and json.loads(good.out)["mmproj"]["filename"] == "mmproj-F16.gguf"
+
+
+@pytest.mark.slow
+def test_pull_from_safetensors_converts_the_projector_too(cli_here, hubsim, llama4_checkpoint_factory):
+    ckpt = llama4_checkpoint_factory("scout", vision_kit=True)
+    files = {p.name: p for p in sorted(ckpt.iterdir()) if p.is_file()}
+    assert "preprocessor_config.json" in files
+    hubsim.add_repo("meta-llama/Llama-4-Scout-17B-16E-Instruct", files, license="llama4")
+    ref = "hf.co/meta-llama/Llama-4-Scout-17B-16E-Instruct"
+    proc = cli_here("pull", ref, "--from", "safetensors", "--quant", "f32", "--accept-license", "--json")
+    assert proc.returncode == 0, proc.err
+    entry = json.loads(proc.out)
+    proj = Path(entry["mmproj"]["path"])
+    assert proj.is_file() and proj.parent == Path(entry["path"]).parent and proj.name.startswith("mmproj-")
+    assert entry["mmproj"]["sha256"] == sha256(proj)
+    from llamactl.engine.images import ProjectorInfo
+
+    assert ProjectorInfo.read(proj).tokens_per_tile == 4
+    assert cli_here("rm", entry["name"], "--yes").returncode == 0
+    assert not proj.exists()

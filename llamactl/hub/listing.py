@@ -280,6 +280,7 @@ _CHECKPOINT_FILES = {
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
     "model.safetensors.index.json",
+    "preprocessor_config.json", "processor_config.json",   # Llama 4's image preprocessing
 }
 
 

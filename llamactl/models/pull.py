@@ -289,13 +289,21 @@ def pull_safetensors(ref: ModelRef, *, quant: str = "Q4_K_M", revision: str | No
                       "license": plan.license_family, "converted_from": f"{plan.repo}@{plan.commit}"}
         final = out_dir / f"{stem}-{qtype}.gguf"
         intermediate = None
+        # Llama 4 with a vision tower: its projector, converted once per model folder and
+        # shared by the model's quants (kept in full precision: it is small)
+        from llamactl.convert import projector_output
+
+        mmproj = projector_output(src_dir, out_dir / f"{stem}.gguf")
+        vision: dict[str, Any] = {}
+        if mmproj is not None and not mmproj.exists():
+            vision = {"mmproj": mmproj, "mmproj_optional": True}
         if qtype in FLOAT_TYPES:
             progress.step(f"converting {plan.repo} to {qtype}")
-            convert_checkpoint(src_dir, final, outtype=qtype.lower(), progress=progress.convert)
+            convert_checkpoint(src_dir, final, outtype=qtype.lower(), progress=progress.convert, **vision)
         else:
             pending = out_dir / f"{stem}-full.gguf"
             progress.step(f"converting {plan.repo} to GGUF")
-            result = convert_checkpoint(src_dir, pending, progress=progress.convert)
+            result = convert_checkpoint(src_dir, pending, progress=progress.convert, **vision)
             intermediate = out_dir / f"{stem}-{result.outtype.upper()}.gguf"
             os.replace(pending, intermediate)
             progress.step(f"quantizing to {qtype}")
@@ -308,8 +316,13 @@ def pull_safetensors(ref: ModelRef, *, quant: str = "Q4_K_M", revision: str | No
             itag = intermediate.stem.rsplit("-", 1)[-1].lower()
             registry.put(registry.local_entry(f"{plan.model}:{itag}", plan.model, itag,
                                               intermediate, **provenance))
-        return Pulled(registry.put(registry.local_entry(plan.name, plan.model, plan.tag, final,
-                                                        **provenance)), "pulled")
+        entry = registry.local_entry(plan.name, plan.model, plan.tag, final, **provenance)
+        if mmproj is not None and mmproj.is_file():
+            from llamactl.fsutil import sha256_file
+
+            entry["mmproj"] = {"filename": mmproj.name, "path": str(mmproj), "blob": None,
+                               "size": mmproj.stat().st_size, "sha256": sha256_file(mmproj)}
+        return Pulled(registry.put(entry), "pulled")
 
 
 def pull(ref: str | ModelRef, *, source: str = "gguf", quant: str | None = None,
