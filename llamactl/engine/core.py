@@ -70,10 +70,10 @@ class Engine:
         self._built: tuple[list[int], list[bool]] | None = None   # chat_tokens' last result
         self.last_stats: Stats | None = None
         self.evaluated_total = 0          # tokens evaluated by this engine, for tests and bench
+        self.images: ImageTokens | None = None   # a vision projector (attach_projector)
         self._stop_tokens = self._find_stop_tokens()
         self._bad_utf8: list[int] | None = None
         self.template = self._make_template(options.chat_format)
-        self.images: ImageTokens | None = None   # a vision projector (attach_projector)
 
     # -- loading ------------------------------------------------------------------------
 
@@ -499,6 +499,9 @@ class Engine:
         yield stats
 
     def close(self) -> None:
+        if self.images is not None:          # mtmd's context first: it refers to the model
+            self.images.projector.close()
+            self.images = None
         llama = self.llama
         if llama is not None:
             try:
