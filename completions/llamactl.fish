@@ -50,6 +50,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l image
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l kv-cache
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l kv-type
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l load
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l max-tokens
@@ -116,6 +117,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from plan' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l help
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l json
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l kv-cache
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l kv-type
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l mmproj
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l no-mmproj

@@ -10,6 +10,13 @@ and never re-check its fields. Each rule is written once here, with one message:
   by loading a model with each); a quantized type needs flash attention, because llama.cpp
   cannot create a context with a quantized V cache without it.
 - `--gpu-layers`: 'auto' (the memory plan decides), -1 (every layer) or a count (0 or more).
+- `--ctx`: a number of tokens, or 'max' (the largest context the memory plan finds room for).
+- `--flash-attn on|off|auto`: `flash_attn` True, False or None (auto: the memory plan turns
+  it on when the attention scores would take a real share of memory, and always for a
+  quantized KV type). A quantized KV type with flash attention off is refused.
+- `--kv-cache full|chunked|auto` (Llama 4's chunked-attention layers; other models have one
+  cache): 'full' keeps n_ctx cells on every layer (llama.cpp's swa_full), 'chunked' keeps a
+  window of 8192 + n_ubatch cells on the chunked layers, 'auto' lets the memory plan choose.
 - sizes (`parse_size`, for --vram, --ram, --split-max-size ...): a number of bytes, or a
   number with a unit. `KiB MiB GiB TiB` (also `Ki Mi Gi Ti`) are binary (2**10 ...);
   `KB MB GB TB` and the bare suffixes `K M G T` are decimal (10**3 ...), as llama.cpp's
@@ -30,6 +37,9 @@ from llamactl.errors import UsageError
 
 AUTO = "auto"
 ALL_LAYERS = -1
+CTX_MAX = "max"
+KV_CACHE_MODES = ("full", "chunked", AUTO)
+_ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -108,21 +118,58 @@ def parse_size(text: str | int, option: str = "size") -> int:
     return int(number * base ** _POWERS[unit])
 
 
+def parse_ctx(value: int | str | None) -> tuple[int | None, bool]:
+    """(ctx, ctx_max): None -> (None, False); 'max' -> (None, True); 'N' -> (N, False)."""
+    if value is None:
+        return None, False
+    text = str(value).strip().lower()
+    if text == CTX_MAX:
+        return None, True
+    try:
+        return int(text), False
+    except ValueError:
+        raise UsageError(f"--ctx takes a number of tokens or 'max', not {value!r}") from None
+
+
+def parse_flash_attn(value: bool | str | None) -> bool | None:
+    """'on'/True -> True, 'off'/False -> False, 'auto'/None -> None."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return None
+    if text not in _ON:
+        raise UsageError(f"--flash-attn takes on, off or auto, not {value!r}")
+    return _ON[text]
+
+
+def parse_kv_cache(value: str | None) -> str:
+    text = AUTO if value is None else str(value).strip().lower()
+    if text not in KV_CACHE_MODES:
+        raise UsageError(f"--kv-cache takes full, chunked or auto, not {value!r}",
+                         hint="full: exact prefix reuse; chunked: about a quarter of the KV memory "
+                              "on Llama 4")
+    return text
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """How to load a model. `ctx` None: the model's trained context capped by the memory
-    plan; `gpu_layers` 'auto': the memory plan decides, -1: every layer; `cpu_moe` N: the
-    routed experts of the first N layers stay in RAM (None: the plan decides); `threads`
-    None: llama.cpp's choice."""
+    plan (`ctx_max`: the largest that fits); `gpu_layers` 'auto': the memory plan decides,
+    -1: every layer; `cpu_moe` N: the routed experts of the first N layers stay in RAM
+    (None: the plan decides); `flash_attn` None: the plan decides; `kv_cache` 'auto': the
+    plan decides; `threads` None: llama.cpp's choice."""
 
     ctx: int | None = None
     gpu_layers: int | str = AUTO
     cpu_moe: int | None = None
     kv_type: str = "f16"
-    flash_attn: bool = False
+    flash_attn: bool | None = None
     n_batch: int = 512
     n_ubatch: int = 512
     threads: int | None = None
+    kv_cache: str = AUTO
+    ctx_max: bool = False
 
     def __post_init__(self) -> None:
         self._check()
@@ -131,12 +178,16 @@ class LoadSpec:
         object.__setattr__(self, "gpu_layers", parse_gpu_layers(self.gpu_layers))
         kv = kv_type(self.kv_type)
         object.__setattr__(self, "kv_type", kv.name)
-        if kv.quantized and not self.flash_attn:
+        object.__setattr__(self, "flash_attn", parse_flash_attn(self.flash_attn))
+        object.__setattr__(self, "kv_cache", parse_kv_cache(self.kv_cache))
+        if kv.quantized and self.flash_attn is False:
             raise UsageError(f"--kv-type {kv.name} needs --flash-attn (llama.cpp cannot use a "
                              "quantized V cache without flash attention)",
-                             hint="add --flash-attn, or use --kv-type f16")
+                             hint="use --flash-attn on (or auto), or --kv-type f16")
         if self.ctx is not None and self.ctx < 1:
             raise UsageError(f"--ctx must be at least 1, not {self.ctx}")
+        if self.ctx is not None and self.ctx_max:
+            raise UsageError("--ctx is either a number or 'max'")
         if self.cpu_moe is not None and self.cpu_moe < 0:
             raise UsageError(f"--cpu-moe must be 0 or more, not {self.cpu_moe}")
         if self.n_batch < 1:
@@ -165,11 +216,13 @@ class LoadSpec:
         return asdict(self)
 
 
-def load_spec(*, ctx: int | None = None, gpu_layers: int | str | None = AUTO,
-              cpu_moe: int | None = None, kv_type: str = "f16", flash_attn: bool = False,
-              n_batch: int = 512, n_ubatch: int = 512, threads: int | None = None) -> LoadSpec:
+def load_spec(*, ctx: int | str | None = None, gpu_layers: int | str | None = AUTO,
+              cpu_moe: int | None = None, kv_type: str = "f16", flash_attn: bool | str | None = None,
+              n_batch: int = 512, n_ubatch: int = 512, threads: int | None = None,
+              kv_cache: str | None = AUTO) -> LoadSpec:
     """The LoadSpec for raw option values (as the CLI receives them); UsageError (exit 2)
     with one message per broken rule."""
-    return LoadSpec(ctx=ctx, gpu_layers=parse_gpu_layers(gpu_layers), cpu_moe=cpu_moe,
-                    kv_type=kv_type, flash_attn=bool(flash_attn), n_batch=int(n_batch),
-                    n_ubatch=int(n_ubatch), threads=threads)
+    n_ctx, ctx_max = parse_ctx(ctx)
+    return LoadSpec(ctx=n_ctx, ctx_max=ctx_max, gpu_layers=parse_gpu_layers(gpu_layers), cpu_moe=cpu_moe,
+                    kv_type=kv_type, flash_attn=parse_flash_attn(flash_attn), n_batch=int(n_batch),
+                    n_ubatch=int(n_ubatch), threads=threads, kv_cache=parse_kv_cache(kv_cache))

@@ -163,8 +163,10 @@ def test_chat_format_override(tiny_gguf):
 
 
 def test_llama4_gets_the_full_size_cache(tmp_path):
-    """Llama 4's chunked attention: llama.cpp can cut a suffix of the cache (and so reuse
-    a conversation's prefix) only with swa_full; the engine asks for it."""
+    """Llama 4's chunked attention: with the full-size cache (swa_full) llama.cpp can cut
+    any suffix of the cache and so reuse any prefix; --kv-cache auto keeps it when it fits
+    as well as the chunked one (always at a short context). The chunked cache's limits:
+    tests/test_longctx_cache.py."""
     from tests.synthetic.tiny import write_tiny_gguf
 
     path = write_tiny_gguf(tmp_path / "tiny-llama4.gguf", arch="llama4", n_layer=4, n_embd=128,

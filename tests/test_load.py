@@ -39,8 +39,9 @@ def verbs(model: str) -> dict[str, list[str]]:
     }
 
 
-# bench takes a flash-attention list (0/1), the others a switch
+# bench takes a flash-attention list (0/1), the others on|off|auto (or the bare switch: on)
 FA = {"plan": ["--flash-attn"], "chat": ["--flash-attn"], "bench": ["--flash-attn", "1"]}
+FA_OFF = {"plan": ["--flash-attn", "off"], "chat": ["--flash-attn=off"], "bench": []}  # bench: off by default
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +51,14 @@ def model(tiny_gguf) -> str:
 
 @pytest.mark.parametrize("verb", ["plan", "chat", "bench"])
 @pytest.mark.parametrize("args,text", [
-    (["--kv-type", "q8_0"], "--kv-type q8_0 needs --flash-attn"),
+    (["--kv-type", "q8_0", "{fa_off}"], "--kv-type q8_0 needs --flash-attn"),
     (["--kv-type", "q3"], "unknown --kv-type 'q3'"),
     (["--gpu-layers", "many"], "--gpu-layers takes a number or 'auto'"),
     (["--gpu-layers", "-2"], "--gpu-layers must be -1 (all)"),
 ])
 def test_a_broken_rule_is_the_same_exit_2_and_message_from_every_verb(capsys, tmp_path, verb, args, text):
     """Checked before anything slow: the model named does not even exist (that would be 4)."""
+    args = [x for a in args for x in (FA_OFF[verb] if a == "{fa_off}" else [a])]
     code, out, err = run(capsys, *verbs(str(tmp_path / "absent.gguf"))[verb], *args)
     assert code == 2, err
     assert text in err and out == ""
@@ -141,9 +143,10 @@ def test_gpu_layers_parser():
 def test_the_spec_is_checked_however_it_is_built():
     assert LoadSpec(kv_type="IQ4_NL", flash_attn=True).kv_type == "iq4_nl"
     with pytest.raises(UsageError, match="needs --flash-attn"):
-        LoadSpec(kv_type="q4_0")
+        LoadSpec(kv_type="q4_0", flash_attn=False)
+    assert LoadSpec(kv_type="q4_0").flash_attn is None  # auto: the plan turns it on
     with pytest.raises(UsageError, match="needs --flash-attn"):
-        LoadSpec().replace(kv_type="q5_1")
+        LoadSpec(flash_attn="off").replace(kv_type="q5_1")
     spec = load_spec(gpu_layers="-1", n_batch=64, n_ubatch=512)
     assert spec.gpu_layers == -1 and spec.planned_gpu_layers == -1
     assert spec.n_ubatch == 64  # never larger than the batch

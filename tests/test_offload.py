@@ -86,9 +86,11 @@ def test_70b_on_24gb_keeps_about_half_its_layers_on_the_gpu(synthetic_gguf):
 
 
 def test_requested_context_is_kept(synthetic_gguf):
-    plan = _plan(synthetic_gguf, "llama4-scout", 80 * GIB, ctx=131072)
+    plan = _plan(synthetic_gguf, "llama4-scout", 80 * GIB, ctx=131072, kv_cache="full")
     assert plan.n_ctx == 131072
-    assert plan.strategy == "experts-to-cpu"  # the KV cache of 128k tokens pushes experts out
+    assert plan.strategy == "experts-to-cpu"  # the full KV cache of 128k tokens pushes experts out
+    auto = _plan(synthetic_gguf, "llama4-scout", 80 * GIB, ctx=131072)
+    assert auto.n_ctx == 131072 and auto.strategy == "full-gpu" and auto.kv_cache == "chunked"
     default = _plan(synthetic_gguf, "llama4-scout", 80 * GIB)
     assert default.n_ctx < 131072
 
@@ -126,6 +128,8 @@ def test_kv_cache_types(synthetic_gguf):
     assert f16 == 80 * 2 * 8192 * 8 * 128 * 2  # layers, K+V, cells, kv heads, head dim, bytes
     assert kv_cache_bytes(shape, 8192, "q8_0") == f16 * 34 // 64
     assert kv_cache_bytes(shape, 8000, "f16") == f16  # rounded up to 256 cells
+    # flash attention auto: on for a quantized KV type
+    assert _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, kv_type="q8_0", ctx=8192).flash_attn is True
     q8 = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, kv_type="q8_0", flash_attn=True, ctx=8192)
     f = _plan(synthetic_gguf, "llama3.3-70b", 24 * GIB, ctx=8192)
     assert q8.n_gpu_layers >= f.n_gpu_layers

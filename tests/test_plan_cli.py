@@ -16,7 +16,7 @@ def test_plan_json_for_scout_on_h100(cli, synthetic_gguf):
     assert doc["n_gpu_layers"] == 49 and doc["devices_source"] == "--vram"
     assert doc["vram"] == 80 * GIB and doc["ram"] == 256 * GIB
     assert doc["weights_total"] == 65_346_798_336
-    assert "Llama 4 chunked attention" in proc.err
+    assert "Llama 4: full-size KV cache on the chunked-attention layers" in proc.err
 
 
 def test_plan_table_for_scout_on_24gb(cli, synthetic_gguf):

@@ -187,7 +187,9 @@ def _report(exc: LlamactlError) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
+    from llamactl.cli.options import flag_forms
+
+    args = flag_forms(sys.argv[1:] if argv is None else list(argv))
     try:
         build_app(invoked_verb(args))(args=args, prog_name="llamactl")
     except SystemExit:

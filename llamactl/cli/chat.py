@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, DryRunOpt, FlashAttnOpt,
+from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, DryRunOpt, FlashAttnOpt, KvCacheOpt,
                                   GpuLayersOpt, JsonOpt, KvTypeOpt, ModelArg, ThreadsOpt, UbatchOpt,
                                   VerboseOpt)
 
@@ -52,7 +52,8 @@ def register(app) -> None:
         mmproj: Annotated[Optional[Path], typer.Option(
             "--mmproj", help="The vision projector (mmproj GGUF) for images (default: the registry's, "
                              "or an mmproj*.gguf beside a .gguf model).", dir_okay=False)] = None,
-        flash_attn: FlashAttnOpt = False,
+        flash_attn: FlashAttnOpt = "auto",
+        kv_cache: KvCacheOpt = "auto",
         verbose: VerboseOpt = False,
         accept_license: AcceptLicenseOpt = False,
         dry_run: DryRunOpt = False,
@@ -68,7 +69,7 @@ def register(app) -> None:
         from llamactl.load import load_spec
 
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
-                         flash_attn=flash_attn, n_batch=batch_size, n_ubatch=ubatch_size,
+                         flash_attn=flash_attn, kv_cache=kv_cache, n_batch=batch_size, n_ubatch=ubatch_size,
                          threads=threads)
         interactive = not prompt and output.stdin_is_tty()
         if json_out and interactive and not dry_run:

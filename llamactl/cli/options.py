@@ -35,19 +35,51 @@ AcceptLicenseOpt = Annotated[
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, -1 for all, or 'auto' (the memory plan)."
 KV_TYPE_HELP = (f"KV cache type: {KV_TYPES_TEXT}. Quantized types (q8_0, q4_0 ...) need --flash-attn.")
-CTX_HELP = "Context size in tokens (default: the model's, capped by the plan)."
+CTX_HELP = ("Context size in tokens, or 'max': the largest that fits (default: the model's, "
+            "capped by the plan).")
 CPU_MOE_HELP = "Keep the MoE experts of the first N layers in CPU memory."
-FLASH_ATTN_HELP = "Use flash attention (needed by a quantized --kv-type)."
+FLASH_ATTN_HELP = ("Flash attention: on, off or auto (on when it frees real memory at this "
+                   "context, and for a quantized --kv-type). --flash-attn alone means on.")
+KV_CACHE_HELP = ("Llama 4's KV cache: full (exact prefix reuse), chunked (its chunked-attention "
+                 "layers keep an 8192-token window: about a quarter of the memory at long "
+                 "contexts) or auto (full when it fits as well, else chunked).")
 THREADS_HELP = "CPU threads (default: llama.cpp's choice)."
 BATCH_HELP = "Logical batch size (tokens evaluated per call)."
 UBATCH_HELP = "Physical (micro) batch size; at most --batch-size."
 
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help=THREADS_HELP, min=1)]
 GpuLayersOpt = Annotated[str, typer.Option("--gpu-layers", "-ngl", help=GPU_LAYERS_HELP)]
-CtxOpt = Annotated[Optional[int], typer.Option("--ctx", "-c", help=CTX_HELP, min=1)]
+CtxOpt = Annotated[Optional[str], typer.Option("--ctx", "-c", help=CTX_HELP, metavar="N|max")]
 CpuMoeOpt = Annotated[Optional[int], typer.Option("--cpu-moe", help=CPU_MOE_HELP, min=0)]
 KvTypeOpt = Annotated[str, typer.Option("--kv-type", help=KV_TYPE_HELP)]
-FlashAttnOpt = Annotated[bool, typer.Option("--flash-attn", "-fa", help=FLASH_ATTN_HELP)]
+FlashAttnOpt = Annotated[str, typer.Option("--flash-attn", "-fa", help=FLASH_ATTN_HELP,
+                                           metavar="on|off|auto")]
+KvCacheOpt = Annotated[str, typer.Option("--kv-cache", help=KV_CACHE_HELP, metavar="full|chunked|auto")]
+
+FLASH_ATTN_FLAGS = ("--flash-attn", "-fa")
+FLASH_ATTN_VALUES = {"on", "off", "auto", "1", "0", "true", "false", "yes", "no"}
+
+
+def flag_forms(args: list[str]) -> list[str]:
+    """`--flash-attn` (or `-fa`) given as a bare switch, as before it took a value, means
+    `--flash-attn=on`: the switch is followed by nothing, by another option, or (except for
+    bench, whose --flash-attn takes a list such as "0,1") by a word that is not a value,
+    such as a chat prompt."""
+    out: list[str] = []
+    bench = bool(args) and args[0] == "bench"
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in FLASH_ATTN_FLAGS:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            bare = nxt is None or nxt.startswith("-") or (
+                not bench and nxt.strip().lower() not in FLASH_ATTN_VALUES)
+            if bare:
+                out.append(f"{arg}=on")
+                continue
+        out.append(arg)
+    return out
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help=BATCH_HELP, min=1)]
 UbatchOpt = Annotated[int, typer.Option("--ubatch-size", "-ub", help=UBATCH_HELP, min=1)]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt,
+from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt, KvCacheOpt,
                                   JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
 
 if TYPE_CHECKING:
@@ -48,8 +48,14 @@ def render(plan: "Plan", model_ref: str) -> list[str]:
         f"RAM {human_bytes(plan.ram)}, margin {human_bytes(plan.margin)}",
         f"plan      {plan.strategy}: {plan.n_gpu_layers}/{plan.n_layers + 1} layers on the GPU"
         f"{' (output layer included)' if plan.output_on_gpu else ''}, ctx {plan.n_ctx}, "
-        f"KV {plan.kv_type}{', flash attention' if plan.flash_attn else ''}",
+        f"KV {plan.kv_type}{' chunked' if plan.kv_cache == 'chunked' else ''}"
+        f"{', flash attention' if plan.flash_attn else ''}",
     ]
+    if plan.ctx_limit:
+        lines.append(f"ctx max   {plan.n_ctx} tokens, limited by {plan.ctx_limit}")
+    if len(set(plan.kv_cells)) > 1:
+        lines.append(f"KV cells  {max(plan.kv_cells)} on the global layers, {min(plan.kv_cells)} on the "
+                     "chunked-attention layers (chunked cache)")
     if plan.expert_layers_on_cpu:
         lines.append(f"experts   in RAM for layers {_layers_text(plan.expert_layers_on_cpu)}")
         for p in plan.cpu_tensor_patterns:
@@ -73,7 +79,13 @@ def render(plan: "Plan", model_ref: str) -> list[str]:
     if plan.cpu_moe:
         args.append(f"--cpu-moe {plan.cpu_moe}")
     if plan.flash_attn:
-        args.append("--flash-attn")
+        args.append("--flash-attn on")
+    if plan.kv_cache == "chunked":
+        args.append("--kv-cache chunked")
+    if plan.alternatives:
+        lines.append("")
+        lines.append("does not fit; each of these would:")
+        lines.extend(f"  {alt}" for alt in plan.alternatives)
     if plan.fits:
         lines.append("")
         lines.append(f"run       llamactl chat {model_ref} {' '.join(args)}")
@@ -89,7 +101,8 @@ def register(app: Any) -> None:
         vram: VramOpt = None,
         ram: RamOpt = None,
         kv_type: KvTypeOpt = "f16",
-        flash_attn: FlashAttnOpt = False,
+        flash_attn: FlashAttnOpt = "auto",
+        kv_cache: KvCacheOpt = "auto",
         gpu_layers: GpuLayersOpt = "auto",
         cpu_moe: CpuMoeOpt = None,
         batch_size: BatchOpt = 512,
@@ -109,7 +122,7 @@ def register(app: Any) -> None:
         vram_bytes = parse_size(vram, "--vram") if vram is not None else None
         ram_bytes = parse_size(ram, "--ram") if ram is not None else None
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
-                         flash_attn=flash_attn, n_batch=batch_size, n_ubatch=ubatch_size)
+                         flash_attn=flash_attn, kv_cache=kv_cache, n_batch=batch_size, n_ubatch=ubatch_size)
 
         from llamactl.cli.fetch import resolve_model
 

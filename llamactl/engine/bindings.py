@@ -71,15 +71,36 @@ def check() -> None:
     _CHECKED["ok"] = True
 
 
-def truncate_cache(llama: Any, keep: int) -> int:
+def truncate_cache(llama: Any, keep: int, *, chunk: int = 0) -> int:
     """Keep the first `keep` tokens of `llama`'s KV cache (all of it when it is shorter);
-    clear it when llama.cpp cannot remove the suffix. Returns the tokens kept."""
+    clear it when llama.cpp cannot remove the suffix. Returns the tokens kept.
+
+    `chunk` > 0: the model's chunked-attention layers use llama.cpp's chunked cache (swa_full
+    off), which holds only the newest 8192 + n_ubatch positions. A token at position p on
+    those layers attends to its own chunk, [p // chunk * chunk, p]; so keeping `keep`
+    tokens is exact only while the window still holds the chunk's start. Otherwise keep the
+    tokens up to that chunk's start (the next token starts a chunk and needs nothing older
+    from the window). llama.cpp does not check this itself: `llama_memory_seq_rm` returns
+    true and the next decode silently attends to a partial chunk (measured: logits off by
+    0.2-2.9 on a tiny Llama 4; tests/test_longctx_cache.py)."""
+    if keep < llama.n_tokens and chunk > 0:
+        start = keep // chunk * chunk
+        if keep > start and oldest_cached_position(llama) > start:
+            keep = start
     if keep < llama.n_tokens:
         if keep == 0 or not llama._ctx.kv_cache_seq_rm(-1, keep, -1):
             llama._ctx.kv_cache_clear()
             keep = 0
     llama.n_tokens = min(keep, llama.n_tokens)
     return int(llama.n_tokens)
+
+
+def oldest_cached_position(llama: Any) -> int:
+    """The oldest position the KV cache still holds for sequence 0 (for a model with a
+    chunked or sliding-window cache, that cache's; -1 when empty). Public C API."""
+    import llama_cpp
+
+    return int(llama_cpp.llama_memory_seq_pos_min(llama_cpp.llama_get_memory(llama._ctx.ctx), 0))
 
 
 def sampler_chain(sampling: "Sampling", *, n_vocab: int, seed: int | None, vocab: Any = None,

@@ -94,7 +94,7 @@ class Engine:
         n_ctx = int(spec.ctx or plan.n_ctx)
         kwargs: dict[str, Any] = dict(
             n_gpu_layers=int(plan.n_gpu_layers), n_ctx=n_ctx, n_batch=min(spec.n_batch, n_ctx),
-            n_ubatch=min(spec.n_ubatch, n_ctx), flash_attn=spec.flash_attn, verbose=options.verbose,
+            n_ubatch=min(spec.n_ubatch, n_ctx), flash_attn=plan.flash_attn, verbose=options.verbose,
         )
         if spec.threads:
             kwargs["n_threads"] = spec.threads
@@ -104,10 +104,10 @@ class Engine:
         if spec.kv_type != "f16":
             kwargs["type_k"] = spec.kv.ggml_type
             kwargs["type_v"] = spec.kv.ggml_type
-        # Llama 4's chunked attention keeps a sliding-window-like cache; llama.cpp can remove
-        # a suffix of it (and so reuse a conversation's prefix) only with the full-size cache.
+        # Llama 4's chunked-attention layers: the full-size cache (swa_full) or the chunked
+        # one, a window that `_truncate_cache` knows the limits of (the plan chose).
         if plan.architecture == "llama4":
-            kwargs["swa_full"] = True
+            kwargs["swa_full"] = plan.kv_cache != "chunked"
         try:
             if plan.cpu_tensor_patterns:
                 from llamactl.overrides import load_llama
@@ -382,8 +382,13 @@ class Engine:
         return self._bad_utf8
 
     def _truncate_cache(self, keep: int) -> int:
-        """Keep the first `keep` tokens of the KV cache; return how many were kept."""
-        return bindings.truncate_cache(self.llama, keep)
+        """Keep the first `keep` tokens of the KV cache; return how many were kept. With
+        Llama 4's chunked cache, fewer when the window no longer holds what the next token
+        needs (see bindings.truncate_cache)."""
+        from llamactl.offload import LLAMA4_CHUNK
+
+        chunk = LLAMA4_CHUNK if self.plan.kv_cache == "chunked" and self.architecture == "llama4" else 0
+        return bindings.truncate_cache(self.llama, keep, chunk=chunk)
 
     def reset(self) -> None:
         """Forget the KV cache and the conversation tokens."""

@@ -2,7 +2,7 @@
 and report what llama.cpp said about memory, as one JSON document on stdout.
 
     python -m tests.synthetic.llama_probe MODEL [--ctx N] [--ngl N] [--flash-attn]
-        [--kv-type f16|q8_0|q4_0] [--pattern REGEX ...] [--tokens N] [--log FILE]
+        [--kv-type f16|q8_0|q4_0] [--chunked] [--ubatch N] [--pattern REGEX ...] [--tokens N] [--log FILE]
 
 Run it in its own process: it installs a llama.cpp log callback that captures every line
 (debug included), which is how tests see "tensor ... buffer type overridden to CPU" and the
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ngl", type=int, default=0)
     ap.add_argument("--flash-attn", action="store_true")
     ap.add_argument("--kv-type", default="f16")
+    ap.add_argument("--chunked", action="store_true",
+                    help="Llama 4: llama.cpp's chunked KV cache (swa_full off) instead of the full one")
+    ap.add_argument("--ubatch", type=int, default=512)
     ap.add_argument("--pattern", action="append", default=[])
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--log", default=None)
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                   verbose=True, seed=1)
     if args.kv_type != "f16":
         kwargs["type_k"] = kwargs["type_v"] = KV_TYPES[args.kv_type].ggml_type
+    kwargs["swa_full"] = not args.chunked
+    kwargs["n_ubatch"] = args.ubatch
     llm = load_llama(args.model, args.pattern, **kwargs)
     llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))  # in case loading replaced it
     out = llm("the", max_tokens=args.tokens, temperature=0.0)
