@@ -17,7 +17,7 @@ _llamactl() {
             ;;
         chat)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --image --json --kv-type --load --max-tokens --min-p --mmproj --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --image --json --kv-cache --kv-type --load --max-tokens --min-p --mmproj --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -63,7 +63,7 @@ _llamactl() {
             ;;
         plan)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-type --mmproj --no-mmproj --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-cache --kv-type --mmproj --no-mmproj --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -54,7 +54,7 @@ def serve(
     kv_type: KvTypeOpt = "f16",
     batch_size: BatchOpt = 512,
     ubatch_size: UbatchOpt = 512,
-    flash_attn: FlashAttnOpt = False,
+    flash_attn: FlashAttnOpt = "off",
     chat_format: Annotated[Optional[str], typer.Option(
         "--chat-format", help="Chat template instead of the GGUF's: llama3, llama4, llama2, chatml, "
         "plain, or a .jinja file.")] = None,
@@ -135,7 +135,8 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
     last_error: InsufficientResources | None = None
     for slots in tries:
         try:
-            plans = [plan_for_model(m["path"], spec.replace(ctx=slots * slot_ctx[m["name"]]), mmproj=m.get("mmproj"))
+            plans = [plan_for_model(m["path"], spec.replace(ctx=slots * slot_ctx[m["name"]], kv_cache="full"),
+                                    mmproj=m.get("mmproj"))
                      for m in models]
         except InsufficientResources as exc:
             last_error = exc
@@ -154,8 +155,10 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
         for m, plan in zip(models, plans):
             n = slot_ctx[m["name"]]
             # the engine's own context stays small: the slots' context is the server's
+            # (the slots' context copies the engine's: flash attention as the slots' plan
+            # resolved it, and Llama 4's full-size cache, which the batched slots assume)
             own = spec.replace(ctx=256, n_batch=256, n_ubatch=256, gpu_layers=plan.n_gpu_layers,
-                               cpu_moe=plan.cpu_moe or None)
+                               cpu_moe=plan.cpu_moe or None, flash_attn=plan.flash_attn, kv_cache="full")
             mmproj = m.get("mmproj") if plan.architecture == "llama4" else None
             options = EngineOptions(load=own, verbose=verbose, chat_format=chat_format, mmproj=mmproj)
             out.append({"name": m["name"], "aliases": m["aliases"], "path": m["path"], "options": options,
