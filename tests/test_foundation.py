@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 VERBS = ["models", "pull", "list", "show", "rm", "license", "convert", "quantize", "chat",
-         "bench", "plan", "doctor"]
+         "serve", "bench", "plan", "doctor"]
 ANSI = re.compile(r"\x1b\[")
 
 
