@@ -219,3 +219,26 @@ def test_a_model_whose_files_are_gone_can_still_be_removed(cli_here, isolated_ho
     assert proc.returncode == 0, proc.err
     assert json.loads(proc.out)["frees_bytes"] == 0
     assert registry.get("x:q8_0") is None
+
+
+def test_a_vision_projector_shared_by_two_quants_goes_with_the_last_of_them(cli_here, isolated_home):
+    from llamactl import paths, registry
+    from llamactl.models.remove import plan_removal
+
+    folder = paths.ensure(paths.models_dir() / "scout")
+    mmproj = folder / "scout-mmproj.gguf"
+    mmproj.write_bytes(b"p" * 100)
+    for tag in ("q8_0", "q4_k_m"):
+        path = folder / f"scout-{tag.upper()}.gguf"
+        path.write_bytes(b"m" * 10)
+        entry = registry.local_entry(f"scout:{tag}", "scout", tag, path)
+        entry["mmproj"] = {"filename": mmproj.name, "path": str(mmproj), "blob": None, "size": 100}
+        registry.put(entry)
+    first = plan_removal("scout:q8_0")
+    assert [(k.path, k.used_by) for k in first.keep] == [(mmproj, ["scout:q4_k_m"])]
+    assert cli_here("rm", "scout:q8_0", "--yes").returncode == 0
+    assert mmproj.is_file()
+    last = plan_removal("scout:q4_k_m")
+    assert (mmproj, 100) in last.delete and last.frees_bytes == 110
+    assert cli_here("rm", "scout:q4_k_m", "--yes").returncode == 0
+    assert not mmproj.exists()
