@@ -24,6 +24,24 @@ fixed number of generated tokens (ignoring end-of-turn) so every turn adds the s
 The ratio is of medians over several repetitions of the whole conversation (after one
 warm-up conversation). For comparison it also times turn 10 with the cache cleared first,
 which is what re-evaluating the history would cost.
+
+Llama 4's KV cache modes (`--kv-cache`, see README "Long contexts"): with `--arch llama4` the
+synthetic model is a tiny Llama 4 (tests/synthetic/tiny.py: 4 layers, 3 chunked and 1
+global, hidden 256, 4 experts) and `--kv-cache full,chunked` runs the conversation once per
+mode and reports turn 10's TTFT for each; give long messages (`--message-tokens 1000
+--ctx 16384`) so that the conversation passes the 8192-token chunk and the chunked cache's
+window is really used:
+
+    python benchmarks/multiturn_ttft.py --arch llama4 --kv-cache chunked,full \
+        --message-tokens 1000 --answer-tokens 16 --ctx 16384 --reps 2 --threads 2
+
+Measured so (2 shared CPU cores, llama-cpp-python 0.3.36): turn 10 (10,475 prompt tokens,
+1,034 evaluated in both modes) waited 643 ms with the chunked cache and 649 ms with the full
+one; an earlier run with other work on the machine gave 2929 vs 704 ms, with the chunked
+run's every turn slowed alike (turn 1: 3307 vs 121 ms), so contention, not the cache. On this
+tiny model attention over the 10k-token history outweighs the weights, hence turn 10 / turn
+1 of about 6x even with every turn evaluating the same ~1030 tokens; evaluating the history
+again costs 5-6x more than that.
 """
 
 from __future__ import annotations
@@ -192,31 +210,72 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flash-attn", action="store_true", help="use flash attention")
     parser.add_argument("--n-embd", type=int, default=1024, help="synthetic model: hidden size")
     parser.add_argument("--n-layer", type=int, default=8, help="synthetic model: layers")
+    parser.add_argument("--arch", choices=("llama", "llama4"), default="llama",
+                        help="synthetic model: Llama 3-shaped (default) or a tiny Llama 4")
+    parser.add_argument("--kv-cache", default="full",
+                        help="comma-separated KV cache modes to run (full, chunked, auto; Llama 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.kv_cache.split(",") if m.strip()]
+    docs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model = Path(args.model)
+        elif args.arch == "llama4":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.synthetic.tiny import write_tiny_gguf
+
+            model = write_tiny_gguf(Path(tmp) / "synthetic-llama4.gguf", arch="llama4", n_layer=4,
+                                    n_expert=4, n_expert_used=2, n_ctx_train=65536)
+        else:
+            model = build_synthetic_gguf(
+                Path(tmp) / "synthetic.gguf", n_embd=args.n_embd, n_layer=args.n_layer,
+                n_head=args.n_embd // 64, n_head_kv=max(1, args.n_embd // 256), n_ff=args.n_embd * 3)
+        for mode in modes:
+            docs.append(run_mode(args, model, mode))
+    if args.json:
+        print(json.dumps(docs[0] if len(docs) == 1 else {"modes": docs}, indent=2))
+        return 0
+    for doc in docs:
+        last = args.turns
+        print(f"model: {doc['model']}, KV cache {doc['kv_cache']}")
+        print(f"{'turn':>4} {'prompt':>7} {'evaluated':>9} {'TTFT ms':>9}")
+        for row in doc["per_turn"]:
+            print(f"{row['turn']:>4} {row['prompt_tokens']:>7} {row['evaluated']:>9} {row['ttft_ms']:>9.1f}")
+        print(f"turn {last} with the cache cleared first: {doc['ttft_ms_last_turn_without_reuse']:.1f} ms")
+        print(f"tokens evaluated, turn {last} / turn 1: {doc['evaluated_ratio_turn_last_vs_first']}x")
+        print(f"turn {last} / turn 1 TTFT: {doc['ratio_turn_last_vs_first']}x with KV reuse "
+              f"(goal <= 1.2x); {doc['ratio_without_reuse']}x re-evaluating the history")
+    if len(docs) > 1:
+        print("turn {} TTFT: ".format(args.turns) + ", ".join(
+            f"{d['kv_cache']} {d['per_turn'][-1]['ttft_ms']:.1f} ms" for d in docs))
+    return 0
+
+
+def run_mode(args: argparse.Namespace, model: Path, mode: str) -> dict:
+    """The conversation (warm-up, then `args.reps` repetitions) with KV cache mode `mode`."""
 
     from llamactl.engine import Engine, EngineOptions
     from llamactl.load import LoadSpec
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else build_synthetic_gguf(
-            Path(tmp) / "synthetic.gguf", n_embd=args.n_embd, n_layer=args.n_layer,
-            n_head=args.n_embd // 64, n_head_kv=max(1, args.n_embd // 256), n_ff=args.n_embd * 3)
-        engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=args.ctx, threads=args.threads,
-                                                            flash_attn=args.flash_attn)))
-        try:
-            kw = dict(turns=args.turns, message_tokens=args.message_tokens, answer_tokens=args.answer_tokens)
-            run_conversation(engine, **kw)                                  # warm-up
-            reused = [run_conversation(engine, **kw) for _ in range(args.reps)]
-        finally:
-            engine.close()
+    engine = Engine.load(model, EngineOptions(load=LoadSpec(ctx=args.ctx, threads=args.threads,
+                                                        flash_attn=args.flash_attn, kv_cache=mode)))
+    kv_cache = engine.plan.kv_cache
+    try:
+        kw = dict(turns=args.turns, message_tokens=args.message_tokens, answer_tokens=args.answer_tokens)
+        run_conversation(engine, **kw)                                  # warm-up
+        reused = [run_conversation(engine, **kw) for _ in range(args.reps)]
+    finally:
+        engine.close()
 
     def med(runs, turn, key):
         return statistics.median(r[turn - 1][key] for r in runs)
 
     last = args.turns
+    synthetic = ("synthetic Llama 4 (tiny: 4 layers, hidden 256, F32)" if args.arch == "llama4"
+                 else f"synthetic (n_embd {args.n_embd}, {args.n_layer} layers, F32)")
     doc = {
-        "model": str(args.model or f"synthetic (n_embd {args.n_embd}, {args.n_layer} layers, F32)"),
+        "model": str(args.model or synthetic), "kv_cache": kv_cache,
         "flash_attn": args.flash_attn,
         "turns": args.turns, "message_tokens": args.message_tokens, "answer_tokens": args.answer_tokens,
         "reps": args.reps,
@@ -231,18 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["evaluated_ratio_turn_last_vs_first"] = round(
         reused[0][last - 1]["evaluated"] / reused[0][0]["evaluated"], 3)
     doc["goal"] = 1.2
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"model: {doc['model']}")
-        print(f"{'turn':>4} {'prompt':>7} {'evaluated':>9} {'TTFT ms':>9}")
-        for row in doc["per_turn"]:
-            print(f"{row['turn']:>4} {row['prompt_tokens']:>7} {row['evaluated']:>9} {row['ttft_ms']:>9.1f}")
-        print(f"turn {last} with the cache cleared first: {doc['ttft_ms_last_turn_without_reuse']:.1f} ms")
-        print(f"tokens evaluated, turn {last} / turn 1: {doc['evaluated_ratio_turn_last_vs_first']}x")
-        print(f"turn {last} / turn 1 TTFT: {doc['ratio_turn_last_vs_first']}x with KV reuse "
-              f"(goal <= 1.2x); {doc['ratio_without_reuse']}x re-evaluating the history")
-    return 0
+    return doc
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
    cache only up to the chunk's start in the first case (tokens re-evaluated), and its
    answers then equal a fresh evaluation.
 3. A multi-turn greedy chat crossing the 8192-token chunk gives the same answers with the
-   chunked and the full cache, with the same tokens evaluated per appended turn."""
+   chunked and the full cache, with the same tokens evaluated per appended turn.
+Runtime: 41 s (80 s of CPU) on an idle 2-core machine."""
 
 from __future__ import annotations
 
