@@ -410,6 +410,12 @@ class Check:
         probe_args = [sys.executable, "-m", "tests.synthetic.llama_probe", str(path),
                       "--ctx", str(plan["n_ctx"]), "--ngl", str(plan["n_gpu_layers"]), "--tokens", "16",
                       "--log", str(self.out / "logs" / f"{key}-{label}-llama.log")]
+        # load exactly as planned: flash attention, KV type, Llama 4's cache mode, micro-batch
+        if plan.get("flash_attn"):
+            probe_args.append("--flash-attn")
+        probe_args += ["--kv-type", str(plan.get("kv_type") or "f16"), "--ubatch", str(plan.get("n_ubatch") or 512)]
+        if plan.get("kv_cache") == "chunked":
+            probe_args.append("--chunked")
         for p in plan["cpu_tensor_patterns"]:
             probe_args += ["--pattern", p]
         if self.smi:
