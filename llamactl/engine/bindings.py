@@ -145,6 +145,38 @@ def sample(sampler: Any, llama: Any) -> int:
     return int(sampler.sample(llama._ctx, -1))
 
 
+def eval_all_logits(llama: Any, tokens: list[int]):
+    """Evaluate `tokens` after the `llama.n_tokens` already in the cache, in ONE llama_decode
+    with an output row for every token (what speculative verification needs), and record
+    them as `Llama.eval` does (`input_ids`, `n_tokens`; `scores` when `_logits_all`).
+    Returns a copy of the logits, shape (len(tokens), n_vocab). At most `llama.n_batch`
+    tokens (the size of `Llama._batch`)."""
+    import numpy as np
+
+    k = len(tokens)
+    if not 0 < k <= int(llama.n_batch):
+        raise LlamactlError(f"cannot evaluate {k} tokens in one batch of {int(llama.n_batch)}")
+    n_past = int(llama.n_tokens)
+    llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
+    llama._batch.set_batch(batch=list(tokens), n_past=n_past, logits_all=True)
+    llama._ctx.decode(llama._batch)
+    n_vocab = int(llama.n_vocab())
+    rows = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(k, n_vocab)).copy()
+    llama.input_ids[n_past:n_past + k] = tokens
+    if llama._logits_all:
+        llama.scores[n_past:n_past + k, :] = rows
+    llama.n_tokens = n_past + k
+    return rows
+
+
+def last_logits(llama: Any):
+    """A copy of the logits of the last evaluated position (after `Llama.eval`)."""
+    import numpy as np
+
+    n_vocab = int(llama.n_vocab())
+    return np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,)).copy()
+
+
 # --- several sequences in one context (llamactl.engine.batch) -----------------------------
 # Public C API of llama.cpp (llama_init_from_model, llama_batch_*, llama_memory_seq_*), with
 # the loaded Llama's own context parameters (`Llama.context_params`) as the starting point.

@@ -27,6 +27,7 @@ from llamactl.errors import InsufficientResources, IntegrityError, LlamactlError
 
 if TYPE_CHECKING:
     from llamactl.engine.images import ImageTokens
+    from llamactl.engine.speculate import Draft
     from llamactl.offload import Plan
 
 # Tokens that end a turn whatever the vocabulary's EOG set says.
@@ -71,6 +72,7 @@ class Engine:
         self.last_stats: Stats | None = None
         self.evaluated_total = 0          # tokens evaluated by this engine, for tests and bench
         self.images: ImageTokens | None = None   # a vision projector (attach_projector)
+        self.draft: Draft | None = None          # a draft model (attach_draft)
         self._stop_tokens = self._find_stop_tokens()
         self._bad_utf8: list[int] | None = None
         self.template = self._make_template(options.chat_format)
@@ -78,8 +80,11 @@ class Engine:
     # -- loading ------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_path: Path, options: EngineOptions | None = None) -> "Engine":
-        """Plan and load `model_path` as `options.load` says (see llamactl.load)."""
+    def load(cls, model_path: Path, options: EngineOptions | None = None, *,
+             plan: Plan | None = None) -> "Engine":
+        """Plan and load `model_path` as `options.load` says (see llamactl.load); `plan`:
+        a plan already made for it (a target and its draft are planned together:
+        llamactl.offload.plan_with_draft)."""
         from llamactl import offload
 
         options = options or EngineOptions()
@@ -90,7 +95,8 @@ class Engine:
         bindings.check()
         started = time.perf_counter()
         bindings.set_llama_log(options.verbose)
-        plan = offload.plan_for_model(model_path, spec, mmproj=options.mmproj)
+        if plan is None:
+            plan = offload.plan_for_model(model_path, spec, mmproj=options.mmproj)
         n_ctx = int(spec.ctx or plan.n_ctx)
         kwargs: dict[str, Any] = dict(
             n_gpu_layers=int(plan.n_gpu_layers), n_ctx=n_ctx, n_batch=min(spec.n_batch, n_ctx),
@@ -146,6 +152,37 @@ class Engine:
         projector = Projector(info, self.llama, n_threads=self.options.load.threads,
                               use_gpu=self.plan.n_gpu_layers > 0)
         self.images = ImageTokens(projector, self._special_id)
+
+    def attach_draft(self, draft: "Engine", draft_max: int | None = None, *,
+                     name: str | None = None, target_name: str | None = None) -> None:
+        """Use `draft` (a loaded Engine with this model's vocabulary: else UsageError naming
+        both) for speculative decoding in `stream_tokens`; `draft_max` tokens proposed per
+        round, or None: an adaptive length starting at llamactl.draft.DEFAULT_DRAFT_MAX.
+        The draft is closed with this engine."""
+        from llamactl.engine.speculate import attach
+
+        if self.draft is not None:
+            self.draft.close()
+            self.draft = None
+        self.draft = attach(self, draft, draft_max=draft_max, draft_name=name, target_name=target_name)
+
+    def load_draft(self, path: Path, draft_max: int | None = None, *, name: str | None = None,
+                   plan: Plan | None = None) -> None:
+        """Load the draft model at `path` with this engine's load options at this engine's
+        context (`plan`: one made for it) and attach it. A draft that fails to load raises
+        an error whose message names it."""
+        from llamactl.engine.speculate import options_for_draft
+
+        name = name or Path(path).name
+        try:
+            draft = Engine.load(Path(path), options_for_draft(self.options, self.n_ctx), plan=plan)
+        except LlamactlError as exc:
+            raise type(exc)(f"the draft model {name} could not be loaded: {exc.message}", hint=exc.hint) from exc
+        try:
+            self.attach_draft(draft, draft_max, name=name)
+        except BaseException:
+            draft.close()
+            raise
 
     def _special_id(self, text: str) -> int:
         ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
@@ -391,8 +428,10 @@ class Engine:
         return bindings.truncate_cache(self.llama, keep, chunk=chunk)
 
     def reset(self) -> None:
-        """Forget the KV cache and the conversation tokens."""
+        """Forget the KV cache and the conversation tokens (the draft's cache too)."""
         self._truncate_cache(0)
+        if self.draft is not None:
+            self.draft.engine.reset()
         self._history = []
         self._history_special = []
 
@@ -417,6 +456,7 @@ class Engine:
                                 hint="use a larger --ctx, or a shorter input")
         start = time.perf_counter()
         state = {"evaluated": 0, "generated": 0, "t_prompt": None, "t_first": None, "reason": "stop"}
+        spec: Any = None           # a Speculator while a draft drafts for this call
         self._history = list(prompt)
         if self._built is not None and self._built[0] == prompt:
             self._history_special = list(self._built[1])
@@ -437,6 +477,8 @@ class Engine:
                 generation_tps=state["generated"] / gen_seconds if gen_seconds > 0 and state["generated"] else 0.0,
                 finish_reason=state["reason"], context_tokens=len(self._history) + len(full) - len(prompt),
                 prompt_image_tokens=n_image,
+                draft_tokens=spec.proposed if spec is not None else 0,
+                draft_accepted_tokens=spec.accepted if spec is not None else 0,
             )
             self.last_stats = stats
             return stats
@@ -467,10 +509,27 @@ class Engine:
             if limit == 0:
                 state["reason"] = "length"
             else:
-                sampler = self.sampler(sampling)
+                from llamactl.engine import speculate
+
+                if speculate.usable(self, sampling, n_image):
+                    spec = speculate.Speculator(
+                        self, self.draft, sampling,
+                        sampling.seed if sampling.seed is not None else self.options.seed)
+                    sampler = None
+                else:
+                    sampler = self.sampler(sampling)
+                pending: list[int] = []
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 while True:
-                    token = bindings.sample(sampler, llama)
+                    if spec is None:
+                        token = bindings.sample(sampler, llama)
+                    else:
+                        if not pending:
+                            room = n_ctx - len(full) - state["generated"]
+                            if limit is not None:
+                                room = min(room, limit - state["generated"])
+                            pending = spec.round(self._history, room) if state["generated"] else [spec.first()]
+                        token = pending.pop(0)
                     if not ignore_eos and self.is_stop(token):
                         self._history.append(token)
                         self._history_special.append(True)
@@ -485,6 +544,11 @@ class Engine:
                     if limit is not None and state["generated"] >= limit:
                         state["reason"] = "length"
                         break
+                    if spec is not None:
+                        if len(full) + state["generated"] >= n_ctx:   # as below, without a draft
+                            state["reason"] = "length"
+                            break
+                        continue
                     if llama.n_tokens + 1 >= n_ctx:
                         state["reason"] = "length"
                         break
@@ -498,12 +562,17 @@ class Engine:
             state["reason"] = "interrupted"
             completed = True
         finally:
+            if spec is not None:
+                spec.settle(self._history)
             stats = finish()
             if not completed:
                 stats.finish_reason = "interrupted"
         yield stats
 
     def close(self) -> None:
+        if self.draft is not None:
+            self.draft.close()
+            self.draft = None
         if self.images is not None:          # mtmd's context first: it refers to the model
             self.images.projector.close()
             self.images = None

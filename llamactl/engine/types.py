@@ -52,6 +52,13 @@ class Stats:
     finish_reason: str                # "stop" | "length" | "interrupted"
     context_tokens: int = 0           # tokens in the context after this call (prompt + answer)
     prompt_image_tokens: int = 0      # of prompt_tokens, image positions (embeddings, not tokens)
+    draft_tokens: int = 0             # tokens a draft model proposed (speculative decoding)
+    draft_accepted_tokens: int = 0    # of which the target accepted
+
+    @property
+    def draft_acceptance(self) -> float | None:
+        """draft_accepted_tokens / draft_tokens; None when nothing was drafted."""
+        return self.draft_accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     def to_dict(self) -> dict:
         return asdict(self)
