@@ -39,7 +39,7 @@ WORDS = ("llama alpaca mountain river valley cloud stone forest meadow ocean des
          "village market bridge tower garden harbor island canyon").split()
 
 
-def prompt_text(i: int, words: int = 48) -> str:
+def prompt_text(i: int, words: int = 8) -> str:
     body = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(words))
     return f"Request {i}: tell a story about {body}."
 
@@ -49,7 +49,7 @@ def stream_chat(base: str, model: str, content: str, max_tokens: int, key: str |
     url = urlparse(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
-                       "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                       "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
                        "stream_options": {"include_usage": True}})
     headers = {"Content-Type": "application/json"}
     if key:
@@ -263,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         r = report[name]
         base = r["sequential"]["tokens_per_second"]
         print(f"\n{name}: sequential {base:.1f} tok/s, TTFT p50 {r['sequential']['ttft_p50'] * 1000:.0f} ms")
-        print(f"{'clients':>7} {'requests':>8} {'tok/s':>8} {'x seq':>6} {'TTFT p50':>9} {'TTFT p95':>9}")
+        print(f"{'clients':>7} {'requests':>8} {'tok/req':>7} {'tok/s':>8} {'x seq':>6} {'TTFT p50':>9} {'TTFT p95':>9}")
         for row in r["rounds"]:
-            print(f"{row['clients']:>7} {row['requests']:>8} {row['tokens_per_second']:>8.1f} "
+            print(f"{row['clients']:>7} {row['requests']:>8} {row['completion_tokens'] / row['requests']:>7.1f} "
+                  f"{row['tokens_per_second']:>8.1f} "
                   f"{row['tokens_per_second'] / base if base else 0:>6.2f} {row['ttft_p50'] * 1000:>7.0f}ms "
                   f"{row['ttft_p95'] * 1000:>7.0f}ms")
         if "memory" in r:

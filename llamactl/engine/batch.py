@@ -42,6 +42,7 @@ class Job:
     text: str | None = None                   # the rendered chat prompt: rebuilt against the slot's tokens
     stop: list[str] = field(default_factory=list)   # stop strings (not part of the output)
     special_text: bool = False                # special tokens as their text (tool-call tags)
+    ignore_eos: bool = False                  # end-of-turn tokens do not end it (benchmarks)
     cancelled: bool = False                   # set by any thread: stop at the next step
     # filled in while it runs
     slot: int = -1
@@ -306,7 +307,7 @@ class BatchDecoder:
             if slot.t_prompt is None:
                 slot.t_prompt = now
             token = bindings.sample_at(slot.sampler, self._ctx, index)
-            if engine.is_stop(token):
+            if not job.ignore_eos and engine.is_stop(token):
                 slot.last, slot.last_flag = token, True
                 self._finish(slot, "stop")
                 continue

@@ -261,7 +261,7 @@ def _prepare_chat(state: ServerState, req: schema.ChatRequest) -> _Prepared:
     evaluated = len(engine.images.expand(prompt)[0]) if engine.images is not None else len(prompt)
     _check_length(evaluated, limit, served.slot_ctx)
     job = Job(prompt=prompt, text=text, sampling=_sampling(req, limit, grammar), emit=lambda item: None,
-              stop=req.stops(), special_text=bool(names) and choice != "none")
+              stop=req.stops(), special_text=bool(names) and choice != "none", ignore_eos=req.ignore_eos)
     return _Prepared(served, job, names if choice != "none" else set())
 
 
@@ -271,7 +271,7 @@ def _prepare_completion(state: ServerState, req: schema.CompletionRequest) -> _P
     prompt = _tokens(served.engine, req.prompt_text())
     _check_length(len(prompt), req.max_tokens, served.slot_ctx)
     job = Job(prompt=prompt, sampling=_sampling(req, req.max_tokens, None), emit=lambda item: None,
-              stop=req.stops())
+              stop=req.stops(), ignore_eos=req.ignore_eos)
     return _Prepared(served, job, set())
 
 

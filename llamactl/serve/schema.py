@@ -128,6 +128,7 @@ class _Sampled(_Request):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: Optional[int] = Field(default=None, ge=1)
+    ignore_eos: bool = False      # llama-server's extension: generate past end-of-turn tokens
 
     @field_validator("stop")
     @classmethod
