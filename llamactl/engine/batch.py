@@ -103,12 +103,20 @@ class _Slot:
     t_prompt: float | None = None
     t_first: float | None = None
     used_at: float = 0.0
+    # speculative decoding (a draft model attached to the decoder)
+    dtokens: list[int] = field(default_factory=list)      # what the draft's KV cache holds for this sequence
+    gen_ids: list[int] = field(default_factory=list)      # this job's generated tokens (the repeat penalty's window)
+    rng: Any = None
+    dmax: int = 0                                         # tokens to propose next round (adaptive)
+    drafted: int = 0
+    accepted: int = 0
 
 
 class BatchDecoder:
     """`n_slots` sequences of at most `slot_ctx` tokens each, decoded together."""
 
-    def __init__(self, engine: Any, n_slots: int, slot_ctx: int, n_batch: int = 512, n_ubatch: int = 512):
+    def __init__(self, engine: Any, n_slots: int, slot_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
+                 draft: Any = None, draft_max: int = 8, adaptive: bool = True):
         import llama_cpp
 
         if n_slots < 1:
@@ -127,6 +135,23 @@ class BatchDecoder:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq=i) for i in range(n_slots)]
         self.tokens_decoded = 0                 # tokens evaluated in all, for tests and bench
+        # A draft model (an Engine sharing the vocabulary): every generating slot without a
+        # grammar gets up to `draft_max` proposed tokens per step, verified in the one batch.
+        self.draft = draft
+        self.draft_max = draft_max
+        self.adaptive = adaptive
+        self._dctx = None
+        if draft is not None:
+            self._n_vocab = int(engine.llama.n_vocab())
+            self._dctx = bindings.multi_sequence_context(draft.llama, n_ctx=n_slots * slot_ctx, n_seq_max=n_slots,
+                                                         n_batch=n_batch, n_ubatch=n_ubatch)
+            if self._dctx is None:
+                self.close()
+                raise InsufficientResources(
+                    f"llama.cpp could not create the draft model's context of {n_slots} x {slot_ctx} tokens",
+                    hint="use fewer --parallel slots, a smaller --ctx, or no --draft")
+            self._dmem = llama_cpp.llama_get_memory(self._dctx)
+            self._dbatch = llama_cpp.llama_batch_init(n_batch, 0, 1)
 
     # -- slots ----------------------------------------------------------------------------
 
@@ -192,6 +217,14 @@ class BatchDecoder:
         slot.generated = 0
         slot.t_prompt = None
         slot.t_first = None
+        slot.gen_ids = []
+        slot.drafted = slot.accepted = 0
+        slot.dmax = self.draft_max
+        if self.draft is not None:
+            import numpy as np
+
+            seed = job.sampling.seed if job.sampling.seed is not None else engine.options.seed
+            slot.rng = np.random.default_rng(seed)
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         job = slot.job
@@ -211,6 +244,7 @@ class BatchDecoder:
             prompt_tps=slot.evaluated / t_prompt if t_prompt > 0 else 0.0,
             generation_tps=slot.generated / gen_seconds if gen_seconds > 0 and slot.generated else 0.0,
             finish_reason=reason, context_tokens=len(slot.tokens), prompt_image_tokens=slot.n_image,
+            draft_tokens=slot.drafted, draft_accepted_tokens=slot.accepted,
         ))
         slot.job = None
         slot.sampler = None
@@ -244,13 +278,23 @@ class BatchDecoder:
             n += 1
             return n - 1
 
-        # the next token of every generating slot first, then prompt chunks in the room left
+        # the next token of every generating slot first (with what the draft proposes for
+        # it), then prompt chunks in the room left
+        proposals = self._propose() if self._dctx is not None else {}
+        checks: list[tuple[_Slot, list[int], list[int], list[Any]]] = []   # (slot, indices, drafted, q)
         for slot in self.slots:
             if slot.job is not None and not slot.todo and slot.last is not None:
-                wants.append((slot, add(slot.last, len(slot.tokens), slot.seq, True)))
+                drafted, q = proposals.get(slot.seq, ([], []))
+                base = len(slot.tokens)
+                index = add(slot.last, base, slot.seq, True)
                 slot.tokens.append(slot.last)
                 slot.flags.append(False)
                 slot.last = None
+                if not drafted:
+                    wants.append((slot, index))
+                    continue
+                indices = [index] + [add(t, base + 1 + j, slot.seq, True) for j, t in enumerate(drafted)]
+                checks.append((slot, indices, drafted, q))
         for slot in self.slots:
             if slot.job is None or not slot.todo or n >= self.n_batch:
                 continue
@@ -300,36 +344,180 @@ class BatchDecoder:
                     slot.tokens, slot.flags, slot.job, slot.todo = [], [], None, []
             return True
         now = time.perf_counter()
-        engine = self.engine
         for slot, index in wants:
-            job = slot.job
-            assert job is not None
             if slot.t_prompt is None:
                 slot.t_prompt = now
-            token = bindings.sample_at(slot.sampler, self._ctx, index)
-            if not job.ignore_eos and engine.is_stop(token):
-                slot.last, slot.last_flag = token, True
-                self._finish(slot, "stop")
-                continue
-            slot.generated += 1
-            if slot.t_first is None:
-                slot.t_first = time.perf_counter()
-            text = slot.decoder.decode(engine.piece(token, special=job.special_text))
-            shown = slot.stop.feed(text)
-            if shown or not slot.stop.stops:
-                job.emit(Piece(shown, token))
-            slot.last, slot.last_flag = token, False
-            if slot.stop.hit:
-                self._finish(slot, "stop")
-            elif job.sampling.max_tokens is not None and slot.generated >= job.sampling.max_tokens:
-                self._finish(slot, "length")
-            elif len(slot.tokens) + 1 >= self.slot_ctx:
-                self._finish(slot, "length")
+            self._take(slot, bindings.sample_at(slot.sampler, self._ctx, index))
+        for slot, indices, drafted, q in checks:
+            self._check(slot, indices, drafted, q)
         return True
+
+    def _take(self, slot: _Slot, token: int) -> bool:
+        """`token` comes next in `slot` (not yet in its KV cache): emit it, or end the job
+        (end of turn, a stop string, the length limit, a full slot). True while it goes on."""
+        job = slot.job
+        assert job is not None
+        engine = self.engine
+        if not job.ignore_eos and engine.is_stop(token):
+            slot.last, slot.last_flag = token, True
+            self._finish(slot, "stop")
+            return False
+        slot.generated += 1
+        slot.gen_ids.append(token)
+        if slot.t_first is None:
+            slot.t_first = time.perf_counter()
+        text = slot.decoder.decode(engine.piece(token, special=job.special_text))
+        shown = slot.stop.feed(text)
+        if shown or not slot.stop.stops:
+            job.emit(Piece(shown, token))
+        slot.last, slot.last_flag = token, False
+        if slot.stop.hit:
+            self._finish(slot, "stop")
+        elif job.sampling.max_tokens is not None and slot.generated >= job.sampling.max_tokens:
+            self._finish(slot, "length")
+        elif len(slot.tokens) + 1 >= self.slot_ctx:
+            self._finish(slot, "length")
+        else:
+            return True
+        return False
+
+    # -- speculative decoding ---------------------------------------------------------------
+
+    def _drafting(self, slot: _Slot) -> int:
+        """How many tokens to propose for `slot` this step (0: none)."""
+        job = slot.job
+        if job is None or slot.todo or slot.last is None or job.sampling.grammar:
+            return 0
+        n = slot.dmax
+        if job.sampling.max_tokens is not None:
+            n = min(n, job.sampling.max_tokens - slot.generated - 1)
+        return max(0, min(n, self.slot_ctx - len(slot.tokens) - 2))
+
+    def _propose(self) -> dict[int, tuple[list[int], list[Any]]]:
+        """The draft's tokens for every slot that drafts this step, and the distributions q
+        they were drawn from: the draft's sequence is brought level with the slot's (its
+        cached tokens + the last sampled), then one batched draft decode per proposed token."""
+        import llama_cpp
+
+        from llamactl.speculative import Transform, processed
+
+        wanted = {s.seq: n for s in self.slots if (n := self._drafting(s)) > 0}
+        if not wanted:
+            return {}
+        slots = [s for s in self.slots if s.seq in wanted]
+        need: dict[int, list[int]] = {}
+        for s in slots:
+            seq_tokens = s.tokens + [s.last]
+            keep = min(_lcp(s.dtokens, seq_tokens), len(seq_tokens) - 1)
+            if keep < len(s.dtokens):
+                if not llama_cpp.llama_memory_seq_rm(self._dmem, s.seq, keep, -1):
+                    llama_cpp.llama_memory_seq_rm(self._dmem, s.seq, -1, -1)
+                    keep = 0
+                s.dtokens = s.dtokens[:keep]
+            need[s.seq] = seq_tokens[keep:]
+        logits: dict[int, Any] = {}          # slot -> the draft's logits after its last token
+        while any(need.values()):
+            n = 0
+            marked: list[tuple[int, int]] = []
+            for s in slots:
+                todo = need[s.seq]
+                take = todo[: self.n_batch - n]
+                for j, t in enumerate(take):
+                    last = j == len(todo) - 1
+                    self._dadd(n, t, len(s.dtokens) + j, s.seq, last)
+                    if last:
+                        marked.append((s.seq, n))
+                    n += 1
+                s.dtokens.extend(take)
+                need[s.seq] = todo[len(take):]
+                if n >= self.n_batch:
+                    break
+            self._ddecode(n)
+            for seq, i in marked:
+                logits[seq] = bindings.logits_at(self._dctx, i, self._n_vocab)
+        out: dict[int, tuple[list[int], list[Any]]] = {s.seq: ([], []) for s in slots}
+        live = list(slots)
+        for _ in range(max(wanted.values())):
+            n = 0
+            going = []
+            index: dict[int, int] = {}
+            for s in live:
+                transform = Transform.of(s.job.sampling)
+                drafted, qs = out[s.seq]
+                q = processed(logits[s.seq], transform, s.gen_ids + drafted)
+                token = int(q.ids[0]) if transform.greedy else q.sample(float(s.rng.random()))
+                drafted.append(token)
+                qs.append(q)
+                if len(drafted) < wanted[s.seq] and not self.engine.is_stop(token):
+                    self._dadd(n, token, len(s.dtokens), s.seq, True)
+                    index[s.seq] = n
+                    s.dtokens.append(token)
+                    n += 1
+                    going.append(s)
+            live = going
+            if not live:
+                break
+            self._ddecode(n)
+            for s in live:
+                logits[s.seq] = bindings.logits_at(self._dctx, index[s.seq], self._n_vocab)
+        return out
+
+    def _dadd(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch = self._dbatch
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq
+        batch.logits[n] = 1 if logits else 0
+
+    def _ddecode(self, n: int) -> None:
+        import llama_cpp
+
+        self._dbatch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._dctx, self._dbatch)
+        if rc != 0:
+            raise LlamactlError(f"llama.cpp could not decode the draft model's batch of {n} tokens (code {rc})")
+
+    def _check(self, slot: _Slot, indices: list[int], drafted: list[int], q: list[Any]) -> None:
+        """Verify `drafted` against the target's logits at `indices` (the last sampled token,
+        then each drafted one): keep the accepted prefix in the KV cache, drop the rest, and
+        emit the accepted tokens and the one the verification chose."""
+        import llama_cpp
+
+        from llamactl.speculative import Transform, next_draft_max, processed, verify
+
+        job = slot.job
+        assert job is not None
+        if slot.t_prompt is None:
+            slot.t_prompt = time.perf_counter()
+        transform = Transform.of(job.sampling)
+        p = [processed(bindings.logits_at(self._ctx, index, self._n_vocab), transform, slot.gen_ids + drafted[:i])
+             for i, index in enumerate(indices)]
+        uniforms = [0.0] * (len(drafted) + 1) if transform.greedy else [float(u) for u in slot.rng.random(len(drafted) + 1)]
+        verdict = verify(drafted, q, p, uniforms)
+        slot.drafted += len(drafted)
+        slot.accepted += verdict.accepted
+        if self.adaptive:
+            slot.dmax = next_draft_max(slot.dmax, verdict.accepted, len(drafted), hi=max(self.draft_max, 2))
+        base = len(slot.tokens)                  # the KV cache holds slot.tokens + drafted
+        for j, token in enumerate(verdict.tokens):
+            if j > 0:                            # the previous token stays: it is in the cache
+                slot.tokens.append(slot.last)
+                slot.flags.append(False)
+                slot.last = None
+            if not self._take(slot, token):
+                break
+        kept = len(slot.tokens)
+        if kept < base + len(drafted):
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, kept, -1)
 
     def close(self) -> None:
         import llama_cpp
 
+        if getattr(self, "_dctx", None):
+            llama_cpp.llama_batch_free(self._dbatch)
+            bindings.free_context(self._dctx)
+            self._dctx = None
         if getattr(self, "_ctx", None):
             llama_cpp.llama_batch_free(self._batch)
             bindings.free_context(self._ctx)

@@ -211,6 +211,15 @@ def sample_at(sampler: Any, ctx: Any, index: int) -> int:
     return int(llama_cpp.llama_sampler_sample(sampler.sampler, ctx, index))
 
 
+def logits_at(ctx: Any, index: int, n_vocab: int) -> Any:
+    """A copy (numpy float32) of the logits of batch position `index` in the raw context `ctx`."""
+    import llama_cpp
+    import numpy as np
+
+    ptr = llama_cpp.llama_get_logits_ith(ctx, index)
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).copy()
+
+
 _LLAMA_CLASS: dict[str, Any] = {}
 
 
