@@ -30,7 +30,8 @@ from llamactl.engine import bindings
 from llamactl.errors import UsageError
 
 if TYPE_CHECKING:
-    from llamactl.engine.core import Engine
+    # "Engine" in the annotations below is llamactl.engine.core.Engine: not imported even
+    # for type checking, because core imports this module (the layering test reads both)
     from llamactl.engine.types import Sampling
 
 # the adaptive draft length stays within these bounds
