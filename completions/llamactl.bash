@@ -10,14 +10,14 @@ _llamactl() {
     case "$verb" in
         bench)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --ctx --depth --flash-attn --gpu-layers --help --history --json --kv-type --n-gen --n-prompt --no-warmup --output --pg --quiet --repetitions --save --seed --test --threads --ubatch-size --verbose -b -c -d -fa -n -ngl -o -p -pg -q -r -t -ub -v" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --ctx --depth --draft --draft-max --flash-attn --gpu-layers --help --history --json --kv-type --n-gen --n-prompt --no-warmup --output --pg --quiet --repetitions --save --seed --test --threads --ubatch-size --verbose -b -c -d -fa -n -ngl -o -p -pg -q -r -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
             ;;
         chat)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --dry-run --flash-attn --gpu-layers --help --image --json --kv-cache --kv-type --load --max-tokens --min-p --mmproj --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --chat-format --cpu-moe --ctx --draft --draft-max --dry-run --flash-attn --gpu-layers --help --image --json --kv-cache --kv-type --load --max-tokens --min-p --mmproj --repeat-penalty --seed --system --system-file --temperature --threads --top-k --top-p --ubatch-size --verbose -b -c -fa -n -ngl -s -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi
@@ -63,7 +63,7 @@ _llamactl() {
             ;;
         plan)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --flash-attn --gpu-layers --help --json --kv-cache --kv-type --mmproj --no-mmproj --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --batch-size --cpu-moe --ctx --draft --flash-attn --gpu-layers --help --json --kv-cache --kv-type --mmproj --no-mmproj --ram --ubatch-size --vram -b -c -fa -ngl -ub" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

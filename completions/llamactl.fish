@@ -5,6 +5,8 @@ complete -c llamactl -n '__fish_seen_subcommand_from bench' -l accept-license
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l batch-size
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l ctx
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l depth
+complete -c llamactl -n '__fish_seen_subcommand_from bench' -l draft
+complete -c llamactl -n '__fish_seen_subcommand_from bench' -l draft-max
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from bench' -l help
@@ -44,6 +46,8 @@ complete -c llamactl -n '__fish_seen_subcommand_from chat' -l batch-size
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l chat-format
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l cpu-moe
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l draft
+complete -c llamactl -n '__fish_seen_subcommand_from chat' -l draft-max
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l dry-run
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from chat' -l gpu-layers
@@ -113,6 +117,7 @@ complete -c llamactl -n '__fish_seen_subcommand_from plan' -l accept-license
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l batch-size
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l cpu-moe
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from plan' -l draft
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from plan' -l help

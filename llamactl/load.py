@@ -212,6 +212,13 @@ class LoadSpec:
         """A copy with `changes`, checked again."""
         return replace(self, **changes)
 
+    def for_draft(self, n_ctx: int, gpu_layers: int | str = AUTO) -> "LoadSpec":
+        """The load specification of a draft model for a target loaded as this one: the
+        target's context (the draft follows the same conversation), KV type, flash
+        attention, batches and threads; its own placement (`gpu_layers`), no MoE choices."""
+        return replace(self, ctx=int(n_ctx), ctx_max=False, gpu_layers=gpu_layers, cpu_moe=None,
+                       kv_cache=AUTO)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

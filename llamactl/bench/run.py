@@ -31,6 +31,8 @@ class Sample:
     ttft: float | None = None
     prompt_seconds: float | None = None
     generation_seconds: float | None = None
+    draft_tokens: int = 0             # proposed by a draft model (speculative decoding)
+    draft_accepted_tokens: int = 0
 
     @property
     def tps(self) -> float:
@@ -88,6 +90,11 @@ class BenchRow:
     load_seconds: float | None = None
     peak_rss_bytes: int | None = None      # peak resident memory since this model's load
     gpu_memory_bytes: int | None = None    # device memory taken, where a GPU is used
+    draft: str | None = None               # the draft model (--draft), as given or resolved
+    draft_max: int | None = None           # its fixed length (None: adaptive)
+    draft_tokens: int | None = None        # proposed over the counted repetitions
+    draft_accepted_tokens: int | None = None
+    draft_acceptance: float | None = None  # draft_accepted_tokens / draft_tokens
     error: str | None = None
     error_type: str | None = None
     error_hint: str | None = None
@@ -199,7 +206,8 @@ def measure_once(engine: Any, test: TestSpec, rng: random.Random) -> Sample:
         # pp: no token is sampled; the time a user waits for a first token is the prompt's
         ttft = stats.prompt_seconds or seconds
     return Sample(tokens=test.counted_tokens, seconds=seconds, ttft=ttft,
-                  prompt_seconds=stats.prompt_seconds, generation_seconds=stats.generation_seconds)
+                  prompt_seconds=stats.prompt_seconds, generation_seconds=stats.generation_seconds,
+                  draft_tokens=stats.draft_tokens, draft_accepted_tokens=stats.draft_accepted_tokens)
 
 
 def bench_test(engine: Any, test: TestSpec, reps: int, *, warmup: bool = True,
@@ -212,7 +220,14 @@ def bench_test(engine: Any, test: TestSpec, reps: int, *, warmup: bool = True,
     tps = [s.tps for s in samples]
     mean, sd = mean_sd(tps)
     ttfts = [s.ttft for s in samples if s.ttft is not None]
+    draft = {}
+    if getattr(engine, "draft", None) is not None:
+        proposed = sum(s.draft_tokens for s in samples)
+        accepted = sum(s.draft_accepted_tokens for s in samples)
+        draft = {"draft_tokens": proposed, "draft_accepted_tokens": accepted,
+                 "draft_acceptance": accepted / proposed if proposed else None}
     return {
+        **draft,
         "tps_mean": mean, "tps_sd": sd,
         "samples_tps": tps, "samples_seconds": [s.seconds for s in samples],
         "ttft_seconds": statistics.fmean(ttfts) if ttfts else None,
@@ -252,9 +267,12 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
               reps: int = 5, warmup: bool = True, seed: int = 1234,
               resolve: Callable[[str], Path] | None = None,
               progress: ProgressFn | None = None,
-              verbose: bool = False) -> Iterator[BenchRow]:
+              verbose: bool = False, draft: str | None = None,
+              draft_max: int | None = None) -> Iterator[BenchRow]:
     """Yield one BenchRow per (model, load combination, test), in order. A combination that
-    cannot be resolved or loaded yields one error row per test and the sweep goes on."""
+    cannot be resolved or loaded yields one error row per test and the sweep goes on.
+    `draft`: a draft model reference (`auto`: the catalog's pair of each model) used for
+    speculative decoding, resolved with `resolve`; `draft_max` its fixed length."""
     from llamactl.engine import Engine, EngineOptions
 
     if reps < 1:
@@ -268,6 +286,12 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
         try:
             path = Path(resolve(ref)) if resolve else _resolve_path(ref)
             trained = _trained_context(path)
+            draft_ref = draft_path = None
+            if draft is not None:
+                from llamactl.draft import resolve_reference
+
+                draft_ref = resolve_reference(ref, draft)
+                draft_path = Path(resolve(draft_ref)) if resolve else _resolve_path(draft_ref)
         except LlamactlError as exc:
             for params in combos:
                 for t in tests:
@@ -277,7 +301,8 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
             n_ctx = params.n_ctx or auto_ctx
             base = dict(model=ref, model_path=str(path), gpu_layers_requested=params.gpu_layers,
                         n_batch=params.n_batch, n_ubatch=params.n_ubatch, kv_type=params.kv_type,
-                        flash_attn=params.flash_attn)
+                        flash_attn=params.flash_attn, draft=draft_ref,
+                        draft_max=draft_max if draft_ref else None)
             try:
                 if params.n_ctx is None and trained and auto_ctx > trained:
                     deepest = max(tests, key=lambda t: t.context_needed)
@@ -288,7 +313,12 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
                 say(f"loading {ref} ({_combo_text(params)}, ctx {n_ctx})")
                 _reset_peak_rss()
                 gpu_before = _gpu_free()
-                engine = Engine.load(path, EngineOptions(load=spec, seed=seed, verbose=verbose))
+                options = EngineOptions(load=spec, seed=seed, verbose=verbose)
+                if draft_path is not None:
+                    engine = Engine.load_with_draft(path, options, draft_path, draft_max=draft_max,
+                                                    target_name=ref, draft_name=draft_ref)
+                else:
+                    engine = Engine.load(path, options)
             except (LlamactlError, ValueError, RuntimeError, OSError) as exc:
                 for t in tests:
                     yield _error_row(ref, path, params, t, exc)
@@ -312,7 +342,7 @@ def run_bench(models: Sequence[str], tests: Sequence[TestSpec], sweep: Sweep, *,
                             k: common[k] for k in ("model_type", "model_size", "model_params",
                                                    "backend", "gpu_layers", "threads",
                                                    "threads_batch", "n_ctx",
-                                                   "load_seconds")})
+                                                   "load_seconds", "draft", "draft_max")})
                         continue
                     yield BenchRow(**common, **summary, test=t.name, n_prompt=t.n_prompt,
                                    n_gen=t.n_gen, n_depth=t.depth, peak_rss_bytes=peak_rss_bytes(),

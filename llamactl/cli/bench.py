@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llamactl.cli.options import (AcceptLicenseOpt, BatchListOpt, CtxListOpt, FlashAttnListOpt, GpuLayersListOpt,
-                                  KvTypeListOpt, QuietOpt, ThreadsListOpt, UbatchListOpt, VerboseOpt)
+                                  DraftMaxOpt, DraftOpt, KvTypeListOpt, QuietOpt, ThreadsListOpt, UbatchListOpt, VerboseOpt)
 from llamactl.errors import LlamactlError, UsageError
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
@@ -79,6 +79,10 @@ def _columns(rows: list[dict], history: bool = False,
             r.get(key) is not None and r.get(key) != default for r in rows)
         if shown:
             cols.append((header, lambda r, k=key: _cell(r.get(k)), "right"))
+    if any(r.get("draft") for r in rows):
+        cols += [("draft", lambda r: _model_name(r["draft"]) if r.get("draft") else "", "left"),
+                 ("accepted", lambda r: "" if r.get("draft_acceptance") is None
+                  else f"{100 * r['draft_acceptance']:.0f}%", "right")]
     cols += [("test", lambda r: r.get("test", ""), "right"), ("t/s", _tps, "right")]
     return cols
 
@@ -207,6 +211,8 @@ def register(app: typer.Typer) -> None:
         history: Annotated[bool, typer.Option(
             "--history", help="List the saved results instead of running anything.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random prompt tokens.")] = 1234,
+        draft: DraftOpt = None,
+        draft_max: DraftMaxOpt = None,
         accept_license: AcceptLicenseOpt = False,
         quiet: QuietOpt = False,
         verbose: VerboseOpt = False,
@@ -225,6 +231,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"bad --output value: {output_format!r}", hint="one of " + ", ".join(FORMATS))
         if fmt is None:
             fmt = "table" if output.stdout_is_tty() else "md"
+        if draft_max is not None and draft is None:
+            raise UsageError("--draft-max needs --draft MODEL")
 
         if history:
             if models:
@@ -278,7 +286,8 @@ def register(app: typer.Typer) -> None:
         first_error: core.BenchRow | None = None
         warned: set[tuple[str, str]] = set()
         for row in core.run_bench(models, tests, sweep, reps=repetitions, warmup=not no_warmup,
-                                  seed=seed, resolve=resolve, progress=progress, verbose=verbose):
+                                  seed=seed, resolve=resolve, progress=progress, verbose=verbose,
+                                  draft=draft, draft_max=draft_max):
             d = row.to_dict()
             results.append(row)
             rows.append(d)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, DryRunOpt, FlashAttnOpt, KvCacheOpt,
-                                  GpuLayersOpt, JsonOpt, KvTypeOpt, ModelArg, ThreadsOpt, UbatchOpt,
-                                  VerboseOpt)
+                                  DraftMaxOpt, DraftOpt, GpuLayersOpt, JsonOpt, KvTypeOpt, ModelArg,
+                                  ThreadsOpt, UbatchOpt, VerboseOpt)
 
 PromptArg = Annotated[
     Optional[list[str]],
@@ -54,6 +54,8 @@ def register(app) -> None:
                              "or an mmproj*.gguf beside a .gguf model).", dir_okay=False)] = None,
         flash_attn: FlashAttnOpt = "auto",
         kv_cache: KvCacheOpt = "auto",
+        draft: DraftOpt = None,
+        draft_max: DraftMaxOpt = None,
         verbose: VerboseOpt = False,
         accept_license: AcceptLicenseOpt = False,
         dry_run: DryRunOpt = False,
@@ -66,6 +68,8 @@ def register(app) -> None:
         # 1. flags, before anything slow
         if system is not None and system_file is not None:
             raise UsageError("give --system or --system-file, not both")
+        if draft_max is not None and draft is None:
+            raise UsageError("--draft-max needs --draft MODEL")
         from llamactl.load import load_spec
 
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
@@ -110,6 +114,11 @@ def register(app) -> None:
 
         local = resolve_model(model, accept_license=accept_license)
         path = local.path
+        draft_ref = draft_local = None
+        if draft is not None:
+            from llamactl.cli.fetch import resolve_draft
+
+            draft_ref, draft_local = resolve_draft(model, draft, accept_license=accept_license)
         projector = None
         wants_images = bool(images) or any(m.get("images") for m in conv.messages)
         if wants_images or interactive or mmproj is not None:
@@ -124,6 +133,16 @@ def register(app) -> None:
             from llamactl import offload
             from llamactl.cli.plan import render
 
+            if draft_local is not None:
+                from llamactl.cli.plan import render_with_draft
+
+                pair = offload.plan_with_draft(path, draft_local.path, spec, mmproj=projector)
+                if json_out:
+                    output.json_doc({"model": model, "path": str(path), **pair.to_dict()})
+                    return
+                for line in render_with_draft(pair, model, draft_ref):
+                    output.data(line)
+                return
             plan = offload.plan_for_model(path, spec, mmproj=projector)
             if json_out:
                 output.json_doc({"model": model, "path": str(path), **plan.to_dict()})
@@ -135,7 +154,11 @@ def register(app) -> None:
         from llamactl.engine import Engine
 
         options.mmproj = projector if (wants_images or mmproj is not None) else None
-        engine = Engine.load(path, options)
+        if draft_local is not None:
+            engine = Engine.load_with_draft(path, options, draft_local.path, draft_max=draft_max,
+                                            target_name=model, draft_name=draft_ref)
+        else:
+            engine = Engine.load(path, options)
         if projector is not None and options.mmproj is None:
             # the REPL: images become possible with /image; a projector that does not fit
             # this model is reported and the chat goes on without images
@@ -167,6 +190,7 @@ def register(app) -> None:
             if verbose and stats is not None:
                 output.note(f"{stats.completion_tokens} tokens, {stats.generation_tps:.1f} tok/s, "
                             f"TTFT {stats.ttft_seconds:.2f} s, prompt {stats.prompt_tokens} tokens "
-                            f"({stats.prompt_tokens_evaluated} evaluated)")
+                            f"({stats.prompt_tokens_evaluated} evaluated)"
+                            + (f", {output.draft_text(stats)}" if stats.draft_tokens else ""))
         finally:
             engine.close()

@@ -85,6 +85,16 @@ def resolve_model(ref: str, *, accept_license: bool = False, quiet: bool = False
         display.close()
 
 
+def resolve_draft(model_ref: str, draft_ref: str, *, accept_license: bool = False,
+                  quiet: bool = False) -> tuple[str, "LocalModel"]:
+    """--draft: the reference (`auto`: the catalog's pair of `model_ref`, llamactl.draft)
+    and the local model, resolved (and pulled, license gate included) as the model is."""
+    from llamactl.draft import resolve_reference
+
+    ref = resolve_reference(model_ref, draft_ref)
+    return ref, resolve_model(ref, accept_license=accept_license, quiet=quiet)
+
+
 def pull_model(ref: str, *, quiet: bool = False, **options: Any) -> "Pulled":
     """models.pull.pull (`options`: source, quant, revision, keep_intermediate,
     accept_license) with progress on stderr and the license prompt on a terminal."""

@@ -104,6 +104,8 @@ def run_oneshot(engine: Engine, conv: Conversation, message: str, sampling: Samp
             "total_tokens": stats.prompt_tokens + stats.completion_tokens,
             "prompt_tokens_evaluated": stats.prompt_tokens_evaluated,
             "image_tokens": stats.prompt_image_tokens,
+            "draft_tokens": stats.draft_tokens,
+            "draft_accepted_tokens": stats.draft_accepted_tokens,
         },
         "timings": {
             "ttft_seconds": round(stats.ttft_seconds, 6),

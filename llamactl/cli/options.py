@@ -106,4 +106,13 @@ SplitMaxSizeOpt = Annotated[Optional[str], typer.Option(
     "NAME-00001-of-0000N.gguf, as the Hub's 50 GB file limit needs; llama.cpp loads them from the "
     "first part (file sources only).")]
 
+# --- speculative decoding (llamactl.draft, llamactl.engine.speculate): chat and bench ---
+DraftOpt = Annotated[Optional[str], typer.Option(
+    "--draft", help="A draft model for speculative decoding (same vocabulary as the model): any model "
+    "reference, or 'auto' for the catalog's pair (llama3.2-1b for Llama 3.3 70B and 3.2 3B).",
+    show_default=False)]
+DraftMaxOpt = Annotated[Optional[int], typer.Option(
+    "--draft-max", help="Tokens the draft proposes per step, fixed (default: adaptive, from 8, "
+    "within 2-16 by the recent acceptance).", min=1, max=64, show_default=False)]
+
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log on stderr.")]

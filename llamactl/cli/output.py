@@ -185,3 +185,9 @@ def hint(message: str) -> None:
 
 def error(message: str) -> None:
     _err("error: ", "bold red", message)
+
+
+def draft_text(stats: Any) -> str:
+    """The acceptance of a draft model, as the stats line and the verbose note show it."""
+    return (f"draft {100 * stats.draft_accepted_tokens / stats.draft_tokens:.0f}% accepted "
+            f"({stats.draft_accepted_tokens}/{stats.draft_tokens})")

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt, KvCacheOpt,
-                                  JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
+                                  DraftOpt, JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
 
 if TYPE_CHECKING:
-    from llamactl.offload import Plan
+    from llamactl.offload import DraftPlan, Plan
 
 
 def _row(label: str, gpu: int | str, cpu: int | str) -> str:
@@ -92,6 +92,31 @@ def render(plan: "Plan", model_ref: str) -> list[str]:
     return lines
 
 
+def render_with_draft(pair: "DraftPlan", model_ref: str, draft_ref: str) -> list[str]:
+    """The target's plan (as `render`), then the draft's placement and memory."""
+    from llamactl.fsutil import human_bytes
+
+    d = pair.draft
+    lines = render(pair.target, model_ref)
+    run = lines[-1] if lines and lines[-1].startswith("run ") else None
+    if run is not None:
+        lines = lines[:-1]
+    lines += [
+        f"draft     {Path(d.model).name} ({d.architecture}, {d.n_layers} layers): "
+        + (f"wholly on the GPU ({d.n_gpu_layers}/{d.n_layers + 1} layers)" if pair.draft_on == "gpu"
+           else "on the CPU (it does not fit on the GPU beside the model)") + f", ctx {d.n_ctx}",
+        _row("draft weights", d.gpu.get("weights", 0), d.cpu.get("weights", 0)),
+        _row("draft KV cache", d.gpu.get("kv_cache", 0), d.cpu.get("kv_cache", 0)),
+        _row("draft compute (est.)", d.gpu.get("compute", 0), d.cpu.get("compute", 0)),
+        _row("total with draft", pair.target.gpu.get("total", 0) + d.gpu.get("total", 0),
+             pair.target.cpu.get("total", 0) + d.cpu.get("total", 0)),
+        f"  draft weights, all devices: {human_bytes(d.weights_total)} ({d.weights_total} bytes)",
+    ]
+    if run is not None:
+        lines.append(f"{run} --draft {draft_ref}")
+    return lines
+
+
 def register(app: Any) -> None:
     @app.command("plan", help="Show the memory plan: what goes on the GPU and in RAM, at which "
                               "context. --vram/--ram plan for another machine.")
@@ -112,6 +137,7 @@ def register(app: Any) -> None:
             "--mmproj", help="Plan this vision projector too (default: the model's, when it has one).",
             dir_okay=False)] = None,
         no_mmproj: Annotated[bool, typer.Option("--no-mmproj", help="Plan without the vision projector.")] = False,
+        draft: DraftOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         from llamactl import offload
@@ -131,6 +157,28 @@ def register(app: Any) -> None:
         from llamactl.images import find_projector
 
         projector = None if no_mmproj else find_projector(path, local.entry, mmproj)
+        if draft is not None:
+            from llamactl.cli.fetch import resolve_draft
+
+            draft_ref, draft_local = resolve_draft(model, draft, accept_license=accept_license, quiet=as_json)
+            try:
+                pair = offload.plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
+                                               mmproj=projector)
+            except offload.DoesNotFit as exc:
+                if as_json:
+                    output.json_doc(exc.plan.to_dict())
+                else:
+                    for line in render(exc.plan, model):
+                        output.data(line)
+                raise
+            if as_json:
+                output.json_doc(pair.to_dict())
+            else:
+                for line in render_with_draft(pair, model, draft_ref):
+                    output.data(line)
+            for w in pair.target.warnings + pair.draft.warnings:
+                output.warn(w)
+            return
         try:
             result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes, mmproj=projector)
         except offload.DoesNotFit as exc:

@@ -204,6 +204,8 @@ class Repl:
     def _stats_line(self, s: Stats) -> str:
         line = (f"{s.completion_tokens} tokens · {s.generation_tps:.1f} tok/s · "
                 f"TTFT {s.ttft_seconds:.2f} s · context {self.engine.context_used}/{self.engine.n_ctx}")
+        if s.draft_tokens:
+            line += f" · {output.draft_text(s)}"
         if s.finish_reason == "interrupted":
             line += " · interrupted"
         elif s.finish_reason == "length":
@@ -324,6 +326,11 @@ class Repl:
                          f"prompt {s.prompt_tokens} tokens ({s.prompt_tokens_evaluated} evaluated, "
                          f"{s.prompt_tps:.1f} tok/s); time to first token {s.ttft_seconds:.2f} s; "
                          f"finish: {s.finish_reason}")
+            if self.engine.draft is not None:
+                lines.append(f"draft {self.engine.draft.name}: " + (
+                    f"{s.draft_accepted_tokens} of {s.draft_tokens} proposed tokens accepted "
+                    f"({100 * (s.draft_acceptance or 0):.0f}%)" if s.draft_tokens else
+                    "nothing drafted for this answer (a grammar or images switch the draft off)"))
         output.info("\n".join(lines))
 
     def cmd_retry(self, arg: str) -> None:

@@ -140,6 +140,24 @@ class Engine:
             engine.load_seconds = time.perf_counter() - started
         return engine
 
+    @classmethod
+    def load_with_draft(cls, model_path: Path, options: EngineOptions, draft_path: Path, *,
+                        draft_max: int | None = None, target_name: str | None = None,
+                        draft_name: str | None = None) -> "Engine":
+        """Plan the model and its draft together (llamactl.offload.plan_with_draft), load
+        both and attach the draft: what chat, bench and serve call for --draft."""
+        from llamactl import offload
+
+        plans = offload.plan_with_draft(model_path, draft_path, options.load, mmproj=options.mmproj)
+        engine = cls.load(model_path, options, plan=plans.target)
+        try:
+            engine.load_draft(draft_path, draft_max, name=draft_name or Path(draft_path).name,
+                              plan=plans.draft, target_name=target_name)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
     def attach_projector(self, path: Path) -> None:
         """Load a Llama 4 vision projector (mmproj GGUF) for this model: images can then be
         placed in messages (`"images": [ImageFile, ...]` beside the content)."""
@@ -167,7 +185,7 @@ class Engine:
         self.draft = attach(self, draft, draft_max=draft_max, draft_name=name, target_name=target_name)
 
     def load_draft(self, path: Path, draft_max: int | None = None, *, name: str | None = None,
-                   plan: Plan | None = None) -> None:
+                   plan: Plan | None = None, target_name: str | None = None) -> None:
         """Load the draft model at `path` with this engine's load options at this engine's
         context (`plan`: one made for it) and attach it. A draft that fails to load raises
         an error whose message names it."""
@@ -179,7 +197,7 @@ class Engine:
         except LlamactlError as exc:
             raise type(exc)(f"the draft model {name} could not be loaded: {exc.message}", hint=exc.hint) from exc
         try:
-            self.attach_draft(draft, draft_max, name=name)
+            self.attach_draft(draft, draft_max, name=name, target_name=target_name)
         except BaseException:
             draft.close()
             raise

@@ -208,9 +208,9 @@ def usable(target: "Engine", sampling: "Sampling", n_image: int) -> bool:
 
 
 def options_for_draft(target_options: Any, n_ctx: int) -> Any:
-    """The draft's EngineOptions: the target's load specification at the target's context,
-    with no projector and no chat format of its own."""
+    """The draft's EngineOptions: the target's (llamactl.load.LoadSpec.for_draft) at the
+    target's context, with no projector and no chat format of its own."""
     from dataclasses import replace
 
-    spec = replace(target_options.load, ctx=int(n_ctx), ctx_max=False, cpu_moe=None, kv_cache="auto")
-    return replace(target_options, load=spec, mmproj=None, chat_format=None)
+    return replace(target_options, load=target_options.load.for_draft(n_ctx), mmproj=None, chat_format=None)
+

@@ -1,0 +1,82 @@
+"""--draft and --draft-max on chat (one-shot), bench and plan, in this process (cli_here)
+on the kit's tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHAT = ("--temperature", "0", "-n", "24", "--ctx", "256", "-t", "1")
+
+
+def test_json_usage_has_the_draft_counts_and_the_same_answer(cli_here, tiny_gguf, tiny_gguf_q8):
+    plain = cli_here("chat", str(tiny_gguf), "Hello there", "--json", *CHAT)
+    assert plain.returncode == 0, plain.err
+    drafted = cli_here("chat", str(tiny_gguf), "Hello there", "--json", "--draft", str(tiny_gguf_q8),
+                       "--draft-max", "4", *CHAT)
+    assert drafted.returncode == 0, drafted.err
+    a, b = json.loads(plain.out), json.loads(drafted.out)
+    assert a["usage"]["draft_tokens"] == 0 and a["usage"]["draft_accepted_tokens"] == 0
+    assert b["content"] == a["content"]
+    assert b["usage"]["completion_tokens"] == a["usage"]["completion_tokens"]
+    assert b["usage"]["draft_tokens"] > 0
+    assert 0 < b["usage"]["draft_accepted_tokens"] <= b["usage"]["draft_tokens"]
+
+
+def test_vocabulary_mismatch_exits_2_naming_both(cli_here, tiny_gguf, tmp_path):
+    from tests.synthetic.tiny import write_tiny_gguf
+
+    other = write_tiny_gguf(tmp_path / "other-vocab.gguf", n_layer=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=64)
+    r = cli_here("chat", str(tiny_gguf), "Hello", "--draft", str(other), *CHAT)
+    assert r.returncode == 2
+    assert "other-vocab.gguf" in r.err and tiny_gguf.name in r.err and "vocabulary" in r.err
+
+
+def test_a_draft_that_fails_to_load_is_one_line(cli_here, tiny_gguf, tiny_gguf_q8, tmp_path):
+    broken = tmp_path / "broken-draft.gguf"
+    broken.write_bytes(tiny_gguf_q8.read_bytes()[:300_000])
+    r = cli_here("chat", str(tiny_gguf), "Hello", "--draft", str(broken), *CHAT)
+    assert r.returncode not in (0, 2)
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "draft model broken-draft.gguf" in errors[0]
+    assert "Traceback" not in r.err and r.out == ""
+
+
+def test_draft_max_needs_a_draft(cli_here, tiny_gguf):
+    r = cli_here("chat", str(tiny_gguf), "Hello", "--draft-max", "4")
+    assert r.returncode == 2 and "--draft" in r.err
+    r = cli_here("chat", str(tiny_gguf), "Hello", "--draft", str(tiny_gguf), "--draft-max", "0")
+    assert r.returncode == 2
+
+
+def test_plan_with_a_draft_shows_both(cli_here, tiny_gguf, tiny_gguf_q8):
+    r = cli_here("plan", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "--vram", "8GiB", "--ram", "16GiB", "--json")
+    assert r.returncode == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["draft"]["placement"] == "gpu"          # a tiny draft fits on the GPU beside it
+    assert doc["draft"]["n_ctx"] == doc["n_ctx"]        # the draft follows the target's context
+    assert doc["draft"]["n_gpu_layers"] == doc["draft"]["n_layers"] + 1
+    cpu = json.loads(cli_here("plan", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "--vram", "0",
+                              "--ram", "16GiB", "--json").out)
+    assert cpu["draft"]["placement"] == "cpu" and cpu["draft"]["n_gpu_layers"] == 0
+    text = cli_here("plan", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "--vram", "8GiB", "--ram", "16GiB")
+    assert text.returncode == 0
+    assert "draft     " + tiny_gguf_q8.name in text.out and "wholly on the GPU" in text.out
+    assert f"--draft {tiny_gguf_q8}" in text.out
+    dry = cli_here("chat", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "--dry-run", "--json")
+    assert dry.returncode == 0 and "draft" in json.loads(dry.out)
+
+
+def test_bench_rows_carry_the_draft_and_its_acceptance(cli_here, tiny_gguf, tiny_gguf_q8):
+    r = cli_here("bench", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "-p", "0", "-n", "16", "-r", "1",
+                 "--no-warmup", "-t", "1", "-o", "json")
+    assert r.returncode == 0, r.err
+    row = json.loads(r.out)["results"][0]
+    assert row["draft"] == str(tiny_gguf_q8) and row["draft_max"] is None
+    assert row["draft_tokens"] > 0 and 0 < row["draft_acceptance"] <= 1
+    md = cli_here("bench", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "-p", "0", "-n", "16", "-r", "1",
+                  "--no-warmup", "-t", "1", "-o", "md")
+    assert "| draft" in md.out and "accepted" in md.out and tiny_gguf_q8.name in md.out
