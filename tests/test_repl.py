@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -195,4 +196,17 @@ def test_a_message_too_long_for_the_window_is_refused_and_the_session_goes_on(ti
     child.expect(PROMPT)
     doc = saved(child, tmp_path / "s.json")
     assert [m["content"] for m in doc["messages"] if m["role"] == "user"] == ["short one"]
+    assert finish(child) == 0
+
+
+def test_with_a_draft_the_stats_line_and_stats_show_the_acceptance(tiny_gguf, tiny_gguf_q8, tmp_path):
+    child = spawn(tiny_gguf, "--seed", "1", "--temperature", "0", "-n", "16", "--draft", str(tiny_gguf_q8))
+    send(child, "hello there")
+    child.expect(r"16 tokens · [\d.]+ tok/s .*context \d+/\d+ · draft (\d+)% accepted \((\d+)/(\d+)\)")
+    percent, accepted, proposed = (int(g) for g in child.match.groups())
+    assert 0 < accepted <= proposed and percent == round(100 * accepted / proposed)
+    child.expect(PROMPT)
+    send(child, "/stats")
+    child.expect(rf"draft \S*{re.escape(tiny_gguf_q8.name)}: {accepted} of {proposed} proposed tokens accepted")
+    child.expect(PROMPT)
     assert finish(child) == 0
