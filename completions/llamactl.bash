@@ -91,7 +91,7 @@ _llamactl() {
             ;;
         serve)
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=( $(compgen -W "--accept-license --allow-file-images --api-key --batch-size --chat-format --cors --cpu-moe --ctx --flash-attn --gpu-layers --help --host --kv-type --max-body --parallel --port --queue --threads --ubatch-size --verbose -b -c -fa -ngl -np -t -ub -v" -- "$cur") )
+                COMPREPLY=( $(compgen -W "--accept-license --allow-file-images --api-key --batch-size --chat-format --cors --cpu-moe --ctx --draft --draft-max --flash-attn --gpu-layers --help --host --kv-type --max-body --parallel --port --queue --threads --ubatch-size --verbose -b -c -fa -ngl -np -t -ub -v" -- "$cur") )
             else
                 COMPREPLY=( $(compgen -f -- "$cur") )
             fi

@@ -176,6 +176,8 @@ complete -c llamactl -n '__fish_seen_subcommand_from serve' -l chat-format
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l cors
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l cpu-moe
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l ctx
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l draft
+complete -c llamactl -n '__fish_seen_subcommand_from serve' -l draft-max
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l flash-attn
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l gpu-layers
 complete -c llamactl -n '__fish_seen_subcommand_from serve' -l help

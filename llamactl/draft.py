@@ -7,7 +7,7 @@ accepting and replacing tokens is in llamactl.speculative. Nothing here prints."
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from llamactl.errors import UsageError
 
@@ -74,3 +74,26 @@ def vocabulary_mismatch(target_n_vocab: int, target_text: Callable[[int], bytes]
         if a != b:
             return f"token {i} is {a!r} against {b!r}"
     return None
+
+
+SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                "eot": "tokenizer.ggml.eot_token_id", "pad": "tokenizer.ggml.padding_token_id"}
+
+
+def header_mismatch(target: Any, draft: Any) -> str | None:
+    """What the GGUF headers alone show (llamactl.gguf_info.GGUFInfo of each; before
+    anything loads): the vocabulary size and the special token ids both declare. The
+    loaded models get the whole check (`vocabulary_mismatch`)."""
+    if target.vocab_size and draft.vocab_size and target.vocab_size != draft.vocab_size:
+        return f"{target.vocab_size} tokens against {draft.vocab_size}"
+    for name, key in SPECIAL_KEYS.items():
+        a, b = target.metadata.get(key), draft.metadata.get(key)
+        if isinstance(a, int) and isinstance(b, int) and a != b:
+            return f"the {name} token is {a} against {b}"
+    return None
+
+
+def mismatch_error(why: str, *, target_name: str, draft_name: str) -> UsageError:
+    """The one message for a draft that cannot draft for a target (exit 2)."""
+    return UsageError(f"the draft {draft_name} does not share the vocabulary of {target_name} ({why})",
+                      hint="a draft must come from the same family (Llama 3.2 1B drafts for Llama 3.x)")

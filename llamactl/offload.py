@@ -830,10 +830,12 @@ class DraftPlan:
 
 def plan_with_draft(target_path: Path | str, draft_path: Path | str, spec: LoadSpec | None = None, *,
                     vram: int | None = None, ram: int | None = None, devices: Any = None,
-                    mmproj: Path | str | None = None) -> DraftPlan:
+                    mmproj: Path | str | None = None, target_name: str | None = None,
+                    draft_name: str | None = None) -> DraftPlan:
     """Plan `target_path` as `spec` says together with the draft at `draft_path` (loaded at
     the target's context: LoadSpec.for_draft). Raises DoesNotFit (the target's) when the
-    two do not fit even with the draft on the CPU."""
+    two do not fit even with the draft on the CPU, UsageError (naming both) when their
+    headers already show different vocabularies (llamactl.draft.header_mismatch)."""
     from dataclasses import replace as dc_replace
 
     from llamactl.gguf_info import read_gguf
@@ -856,6 +858,12 @@ def plan_with_draft(target_path: Path | str, draft_path: Path | str, spec: LoadS
     except LlamactlError as exc:
         raise type(exc)(f"the draft model {Path(draft_path).name} cannot be used: {exc.message}",
                         hint=exc.hint) from exc
+    from llamactl.draft import header_mismatch, mismatch_error
+
+    why = header_mismatch(target_info, draft_info)
+    if why is not None:
+        raise mismatch_error(why, target_name=target_name or Path(target_path).name,
+                             draft_name=draft_name or Path(draft_path).name)
     ctx_spec = spec if spec.ctx is not None or spec.ctx_max else spec.replace(ctx=alone.n_ctx)
 
     def target_in(vram_left: int, ram_left: int) -> Plan:

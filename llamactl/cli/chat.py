@@ -136,7 +136,8 @@ def register(app) -> None:
             if draft_local is not None:
                 from llamactl.cli.plan import render_with_draft
 
-                pair = offload.plan_with_draft(path, draft_local.path, spec, mmproj=projector)
+                pair = offload.plan_with_draft(path, draft_local.path, spec, mmproj=projector,
+                                               target_name=model, draft_name=draft_ref)
                 if json_out:
                     output.json_doc({"model": model, "path": str(path), **pair.to_dict()})
                     return

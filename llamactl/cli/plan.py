@@ -163,7 +163,7 @@ def register(app: Any) -> None:
             draft_ref, draft_local = resolve_draft(model, draft, accept_license=accept_license, quiet=as_json)
             try:
                 pair = offload.plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
-                                               mmproj=projector)
+                                               mmproj=projector, target_name=model, draft_name=draft_ref)
             except offload.DoesNotFit as exc:
                 if as_json:
                     output.json_doc(exc.plan.to_dict())

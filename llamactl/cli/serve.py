@@ -13,8 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, FlashAttnOpt, GpuLayersOpt,
-                                  KvTypeOpt, ThreadsOpt, UbatchOpt, VerboseOpt)
+from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, DraftMaxOpt, DraftOpt, FlashAttnOpt,
+                                  GpuLayersOpt, KvTypeOpt, ThreadsOpt, UbatchOpt, VerboseOpt)
 
 ModelsArg = Annotated[
     list[str],
@@ -61,6 +61,8 @@ def serve(
     allow_file_images: Annotated[bool, typer.Option(
         "--allow-file-images", help="Let image_url parts name files on this machine (paths or file: "
         "URLs); without it only data: URLs are read.")] = False,
+    draft: DraftOpt = None,
+    draft_max: DraftMaxOpt = None,
     verbose: VerboseOpt = False,
     accept_license: AcceptLicenseOpt = False,
 ) -> None:
@@ -81,11 +83,15 @@ def serve(
         from llamactl.errors import UsageError
 
         raise UsageError(f"--max-body {max_body} is too small", hint="give at least 1KiB")
+    if draft_max is not None and draft is None:
+        from llamactl.errors import UsageError
+
+        raise UsageError("--draft-max needs --draft MODEL")
     if not is_loopback(host) and not api_key:
         output.warn(f"listening on {host} without --api-key: anyone who can reach it can use it")
 
     # 2. the models, 3. one plan for all of them
-    specs = [_resolve(ref, accept_license=accept_license) for ref in models]
+    specs = [_resolve(ref, accept_license=accept_license, draft=draft) for ref in models]
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
         from llamactl.errors import UsageError
@@ -94,26 +100,31 @@ def serve(
     loads = _plan(specs, spec, parallel=parallel, chat_format=chat_format, verbose=verbose)
     for load in loads:
         output.info(load.pop("summary"))
-    to_serve = [ModelToServe(**load, allow_file_images=allow_file_images) for load in loads]
+    to_serve = [ModelToServe(**load, allow_file_images=allow_file_images, draft_max=draft_max) for load in loads]
 
     # 4. bind, print the URL, load, serve until SIGTERM / Ctrl-C
     run(to_serve, host=host, port=port, api_key=api_key, queue=queue, cors=cors, max_body=limit,
         verbose=verbose, on_url=output.data, log=output.note)
 
 
-def _resolve(ref: str, *, accept_license: bool) -> dict[str, Any]:
+def _resolve(ref: str, *, accept_license: bool, draft: str | None = None) -> dict[str, Any]:
     """A model reference -> {name, aliases, path} through llamactl.models' one resolver
-    (pulled first when missing, license gate included). A loose .gguf is named by its file
-    name without .gguf; the reference as typed is always an alias."""
-    from llamactl.cli.fetch import resolve_model
+    (pulled first when missing, license gate included), with its draft model's (--draft;
+    `auto`: the catalog's pair of this model) as draft_name and draft_path. A loose .gguf
+    is named by its file name without .gguf; the reference as typed is always an alias."""
+    from llamactl.cli.fetch import resolve_draft, resolve_model
 
     from llamactl.images import find_projector
 
     local = resolve_model(ref, accept_license=accept_license)
     name = local.name if local.entry is not None else Path(local.path).name.removesuffix(".gguf")
     # a Llama 4 model's vision projector (the registry's, or one beside the file): image_url parts
-    return {"name": name, "aliases": {ref} - {name}, "path": Path(local.path),
-            "mmproj": find_projector(local.path, local.entry)}
+    out = {"name": name, "aliases": {ref} - {name}, "path": Path(local.path),
+           "mmproj": find_projector(local.path, local.entry)}
+    if draft is not None:
+        draft_ref, draft_local = resolve_draft(ref, draft, accept_license=accept_license)
+        out.update(draft_name=draft_ref, draft_path=Path(draft_local.path))
+    return out
 
 
 def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat_format: str | None,
@@ -125,7 +136,7 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
     from llamactl.errors import InsufficientResources
     from llamactl.fsutil import human_bytes
     from llamactl.gguf_info import read_gguf
-    from llamactl.offload import plan_for_model
+    from llamactl.offload import plan_for_model, plan_with_draft
 
     slot_ctx = {}
     for m in models:
@@ -134,25 +145,35 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
     tries = [parallel] if parallel else list(range(MAX_DEFAULT_SLOTS, 0, -1))
     last_error: InsufficientResources | None = None
     for slots in tries:
+        plans, drafts = [], []
         try:
-            plans = [plan_for_model(m["path"], spec.replace(ctx=slots * slot_ctx[m["name"]], kv_cache="full"),
-                                    mmproj=m.get("mmproj"))
-                     for m in models]
+            for m in models:
+                # a draft mirrors the slots: its KV cache holds slots x ctx tokens too
+                slots_spec = spec.replace(ctx=slots * slot_ctx[m["name"]], kv_cache="full")
+                if m.get("draft_path") is None:
+                    plans.append(plan_for_model(m["path"], slots_spec, mmproj=m.get("mmproj")))
+                    drafts.append(None)
+                    continue
+                pair = plan_with_draft(m["path"], m["draft_path"], slots_spec, mmproj=m.get("mmproj"),
+                                       target_name=m["name"], draft_name=m["draft_name"])
+                plans.append(pair.target)
+                drafts.append(pair)
         except InsufficientResources as exc:
             last_error = exc
             continue
         ram = plans[0].ram
         vram = max(0, plans[0].vram - plans[0].margin)
-        need_cpu = sum(p.cpu.get("total", 0) for p in plans)
-        need_gpu = sum(p.gpu.get("total", 0) for p in plans if p.n_gpu_layers)
-        if len(plans) > 1 and ((ram and need_cpu > ram) or (vram and need_gpu > vram)):
+        need_cpu = sum(p.cpu.get("total", 0) for p in plans) + sum(d.draft.cpu.get("total", 0) for d in drafts if d)
+        need_gpu = (sum(p.gpu.get("total", 0) for p in plans if p.n_gpu_layers)
+                    + sum(d.draft.gpu.get("total", 0) for d in drafts if d and d.draft.n_gpu_layers))
+        if len(plans) + sum(1 for d in drafts if d) > 1 and ((ram and need_cpu > ram) or (vram and need_gpu > vram)):
             last_error = InsufficientResources(
                 f"{len(plans)} models with {slots} slots each need {human_bytes(need_cpu)} of RAM and "
                 f"{human_bytes(need_gpu)} of GPU memory; this machine has {human_bytes(ram)} RAM and "
                 f"{human_bytes(vram)} GPU", hint="serve fewer models, or use --parallel 1 or a smaller --ctx")
             continue
         out = []
-        for m, plan in zip(models, plans):
+        for m, plan, pair in zip(models, plans, drafts):
             n = slot_ctx[m["name"]]
             # the engine's own context stays small: the slots' context is the server's
             # (the slots' context copies the engine's: flash attention as the slots' plan
@@ -161,9 +182,17 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
                                cpu_moe=plan.cpu_moe or None, flash_attn=plan.flash_attn, kv_cache="full")
             mmproj = m.get("mmproj") if plan.architecture == "llama4" else None
             options = EngineOptions(load=own, verbose=verbose, chat_format=chat_format, mmproj=mmproj)
-            out.append({"name": m["name"], "aliases": m["aliases"], "path": m["path"], "options": options,
-                        "slots": slots, "slot_ctx": n, "n_batch": spec.n_batch, "n_ubatch": spec.n_ubatch,
-                        "summary": f"{m['name']}: {slots} slots x {n} tokens; {plan.summary()}"})
+            load = {"name": m["name"], "aliases": m["aliases"], "path": m["path"], "options": options,
+                    "slots": slots, "slot_ctx": n, "n_batch": spec.n_batch, "n_ubatch": spec.n_ubatch,
+                    "summary": f"{m['name']}: {slots} slots x {n} tokens; {plan.summary()}"}
+            if pair is not None:
+                d = pair.draft
+                draft_own = own.for_draft(256, gpu_layers=d.n_gpu_layers).replace(flash_attn=d.flash_attn)
+                load.update(draft_name=m["draft_name"], draft_path=m["draft_path"],
+                            draft_options=EngineOptions(load=draft_own, verbose=verbose))
+                load["summary"] += (f"; draft {m['draft_name']} on the {pair.draft_on.upper()} "
+                                    f"({human_bytes(d.cpu.get('total', 0) + d.gpu.get('total', 0))})")
+            out.append(load)
         return out
     assert last_error is not None
     raise last_error

@@ -148,7 +148,8 @@ class Engine:
         both and attach the draft: what chat, bench and serve call for --draft."""
         from llamactl import offload
 
-        plans = offload.plan_with_draft(model_path, draft_path, options.load, mmproj=options.mmproj)
+        plans = offload.plan_with_draft(model_path, draft_path, options.load, mmproj=options.mmproj,
+                                        target_name=target_name, draft_name=draft_name)
         engine = cls.load(model_path, options, plan=plans.target)
         try:
             engine.load_draft(draft_path, draft_max, name=draft_name or Path(draft_path).name,
@@ -189,18 +190,33 @@ class Engine:
         """Load the draft model at `path` with this engine's load options at this engine's
         context (`plan`: one made for it) and attach it. A draft that fails to load raises
         an error whose message names it."""
-        from llamactl.engine.speculate import options_for_draft
-
         name = name or Path(path).name
-        try:
-            draft = Engine.load(Path(path), options_for_draft(self.options, self.n_ctx), plan=plan)
-        except LlamactlError as exc:
-            raise type(exc)(f"the draft model {name} could not be loaded: {exc.message}", hint=exc.hint) from exc
+        draft = self.load_draft_engine(path, name=name, plan=plan, target_name=target_name)
         try:
             self.attach_draft(draft, draft_max, name=name, target_name=target_name)
         except BaseException:
             draft.close()
             raise
+
+    def load_draft_engine(self, path: Path, options: EngineOptions | None = None, *, name: str | None = None,
+                          plan: Plan | None = None, target_name: str | None = None) -> "Engine":
+        """The draft model at `path` loaded (`options`: else this engine's at this engine's
+        context) and checked against this model's vocabulary (UsageError naming both), not
+        attached: the server's batched slots use it so. A draft that fails to load raises
+        an error whose message names it."""
+        from llamactl.engine.speculate import check_vocabulary, options_for_draft
+
+        name = name or Path(path).name
+        try:
+            draft = Engine.load(Path(path), options or options_for_draft(self.options, self.n_ctx), plan=plan)
+        except LlamactlError as exc:
+            raise type(exc)(f"the draft model {name} could not be loaded: {exc.message}", hint=exc.hint) from exc
+        try:
+            check_vocabulary(self, draft, target_name=target_name or self.model_path.name, draft_name=name)
+        except BaseException:
+            draft.close()
+            raise
+        return draft
 
     def _special_id(self, text: str) -> int:
         ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from llamactl import speculative as sp
-from llamactl.draft import DEFAULT_DRAFT_MAX, check_draft_max, vocabulary_mismatch
+from llamactl.draft import DEFAULT_DRAFT_MAX, check_draft_max, mismatch_error, vocabulary_mismatch
 from llamactl.engine import bindings
-from llamactl.errors import UsageError
 
 if TYPE_CHECKING:
     # "Engine" in the annotations below is llamactl.engine.core.Engine: not imported even
@@ -83,8 +82,7 @@ def check_vocabulary(target: "Engine", draft: "Engine", *, target_name: str, dra
         int(target.llama.n_vocab()), lambda i: target.piece(i, special=True), _specials(target),
         int(draft.llama.n_vocab()), lambda i: draft.piece(i, special=True), _specials(draft))
     if why is not None:
-        raise UsageError(f"the draft {draft_name} does not share the vocabulary of {target_name} ({why})",
-                         hint="a draft must come from the same family (Llama 3.2 1B drafts for Llama 3.x)")
+        raise mismatch_error(why, target_name=target_name, draft_name=draft_name)
 
 
 class Speculator:

@@ -36,6 +36,7 @@ class ServedModel:
     name: str                      # what /v1/models lists
     aliases: set[str]              # other names a request may use (the reference it was started with)
     engine: Any = None
+    draft: Any = None              # its draft model's Engine (--draft), used by the scheduler's slots
     scheduler: Scheduler | None = None
     slot_ctx: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -314,8 +315,13 @@ def _usage(stats: Stats | None) -> schema.Usage:
     p = stats.prompt_tokens if stats else 0
     c = stats.completion_tokens if stats else 0
     cached = (stats.prompt_tokens - stats.prompt_tokens_evaluated) if stats else 0
+    details = None
+    if stats is not None and stats.draft_tokens:
+        details = {"accepted_prediction_tokens": stats.draft_accepted_tokens,
+                   "rejected_prediction_tokens": stats.draft_tokens - stats.draft_accepted_tokens}
     return schema.Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
-                        prompt_tokens_details={"cached_tokens": max(0, cached)})
+                        prompt_tokens_details={"cached_tokens": max(0, cached)},
+                        completion_tokens_details=details)
 
 
 def _finish_reason(stats: Stats) -> str:

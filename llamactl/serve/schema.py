@@ -191,6 +191,9 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: dict[str, int] = Field(default_factory=dict)
+    # with a draft model (--draft): OpenAI's fields for predicted tokens, here the draft's
+    # proposals that the model accepted and rejected
+    completion_tokens_details: Optional[dict[str, int]] = None
 
 
 class OutFunction(BaseModel):

@@ -32,6 +32,10 @@ class ModelToServe:
     n_ubatch: int = 512
     aliases: set[str] = field(default_factory=set)
     allow_file_images: bool = False    # image_url parts may name local files
+    draft_name: str | None = None      # a draft model (--draft) for speculative decoding
+    draft_path: Path | None = None
+    draft_options: Any = None          # its EngineOptions (placement planned with the model's)
+    draft_max: int | None = None       # tokens proposed per step (None: adaptive)
 
 
 def is_loopback(host: str) -> bool:
@@ -93,18 +97,27 @@ def run(models: list[ModelToServe], *, host: str, port: int, api_key: str | None
     failure: list[BaseException] = []
 
     def load_all() -> None:
-        from llamactl.engine.batch import BatchDecoder
+        from llamactl.draft import DEFAULT_DRAFT_MAX
         from llamactl.engine import Engine
+        from llamactl.engine.batch import BatchDecoder
         from llamactl.serve.scheduler import Scheduler
 
         try:
             for spec, served in zip(models, state.models):
                 engine = Engine.load(spec.path, spec.options)
                 served.engine = engine
-                decoder = BatchDecoder(engine, spec.slots, spec.slot_ctx, spec.n_batch, spec.n_ubatch)
+                draft = None
+                if spec.draft_path is not None:
+                    draft = engine.load_draft_engine(spec.draft_path, spec.draft_options, name=spec.draft_name,
+                                                     target_name=spec.name)
+                    served.draft = draft
+                decoder = BatchDecoder(engine, spec.slots, spec.slot_ctx, spec.n_batch, spec.n_ubatch,
+                                       draft=draft, draft_max=spec.draft_max or DEFAULT_DRAFT_MAX,
+                                       adaptive=spec.draft_max is None)
                 served.scheduler = Scheduler(decoder, queue, name=spec.name)
                 log(f"{spec.name}: {spec.slots} slots of {spec.slot_ctx} tokens "
-                    f"(loaded in {engine.load_seconds:.1f} s)")
+                    + (f"drafted by {spec.draft_name} " if draft is not None else "")
+                    + f"(loaded in {engine.load_seconds:.1f} s)")
             state.status = "ready"
         except BaseException as exc:  # reported by run() once the server is down
             state.status = "failed"
@@ -130,6 +143,8 @@ def run(models: list[ModelToServe], *, host: str, port: int, api_key: str | None
             if served.scheduler is not None:
                 served.scheduler.stop()
                 served.scheduler.decoder.close()
+            if served.draft is not None:
+                served.draft.close()
             if served.engine is not None:
                 served.engine.close()
         sock.close()
