@@ -78,12 +78,18 @@ def _byte_chars() -> list[str]:
 
 def build_synthetic_gguf(path: Path, *, n_embd: int = 512, n_layer: int = 8, n_head: int = 8,
                          n_head_kv: int = 4, n_ff: int = 1536, n_ctx_train: int = 8192,
-                         seed: int = 0) -> Path:
-    """Write a random-weight Llama 3-shaped F32 GGUF (llama.cpp loads and runs it)."""
+                         seed: int = 0, loud_layers: int | None = None, quiet_std: float = 0.002) -> Path:
+    """Write a random-weight Llama 3-shaped F32 GGUF (llama.cpp loads and runs it).
+
+    `loud_layers` k: the layers from k on write to the residual stream with `quiet_std`
+    (their attn_output and ffn_down; the other weights as usual) and draw from a generator of
+    their own, so that the model computes as much as any but its output is nearly that of
+    the same seed's k-layer model: a cheap draft that agrees with it (benchmarks/speculative.py)."""
     import gguf
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    quiet_rng = np.random.default_rng([seed, 1])
     byte_chars = _byte_chars()
     tokens = list(byte_chars)
     merges = []
@@ -120,23 +126,26 @@ def build_synthetic_gguf(path: Path, *, n_embd: int = 512, n_layer: int = 8, n_h
     w.add_add_bos_token(True)
     w.add_chat_template(LLAMA3_TEMPLATE)
 
-    def t(name: str, *shape: int, std: float = 0.05, ones: bool = False) -> None:
+    def t(name: str, *shape: int, std: float = 0.05, ones: bool = False, gen=None) -> None:
         arr = (np.ones(shape, dtype=np.float32) if ones
-               else rng.normal(0, std, size=shape).astype(np.float32))
+               else (gen or rng).normal(0, std, size=shape).astype(np.float32))
         w.add_tensor(name, arr)
 
     head_dim = n_embd // n_head
     t("token_embd.weight", n_vocab, n_embd)
     for i in range(n_layer):
+        quiet = loud_layers is not None and i >= loud_layers
+        gen = quiet_rng if quiet else rng
+        out_std = quiet_std if quiet else 0.05
         t(f"blk.{i}.attn_norm.weight", n_embd, ones=True)
-        t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
-        t(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, n_embd)
-        t(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, n_embd)
-        t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        t(f"blk.{i}.attn_q.weight", n_embd, n_embd, gen=gen)
+        t(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, n_embd, gen=gen)
+        t(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, n_embd, gen=gen)
+        t(f"blk.{i}.attn_output.weight", n_embd, n_embd, std=out_std, gen=gen)
         t(f"blk.{i}.ffn_norm.weight", n_embd, ones=True)
-        t(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
-        t(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
-        t(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+        t(f"blk.{i}.ffn_gate.weight", n_ff, n_embd, gen=gen)
+        t(f"blk.{i}.ffn_up.weight", n_ff, n_embd, gen=gen)
+        t(f"blk.{i}.ffn_down.weight", n_embd, n_ff, std=out_std, gen=gen)
     t("output_norm.weight", n_embd, ones=True)
     t("output.weight", n_vocab, n_embd)
     w.write_header_to_file()
