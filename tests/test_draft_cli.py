@@ -80,3 +80,17 @@ def test_bench_rows_carry_the_draft_and_its_acceptance(cli_here, tiny_gguf, tiny
     md = cli_here("bench", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "-p", "0", "-n", "16", "-r", "1",
                   "--no-warmup", "-t", "1", "-o", "md")
     assert "| draft" in md.out and "accepted" in md.out and tiny_gguf_q8.name in md.out
+
+
+def test_a_missing_draft_goes_through_the_license_gate(cli, hubsim, small_gguf, tiny_gguf, tmp_path):
+    # the draft is pulled like the model: without the license accepted it exits 3 and
+    # downloads nothing, before the model loads
+    repo = "bartowski/Llama-3.2-1B-Instruct-GGUF"
+    q4 = small_gguf(tmp_path / "src" / "q4.gguf", tensor_bytes=8192, license="llama3.2")[0]
+    hubsim.add_repo(repo, {"Llama-3.2-1B-Instruct-Q4_K_M.gguf": q4,
+                           "LICENSE.txt": b"LLAMA 3.2 COMMUNITY LICENSE AGREEMENT (test copy)\n"},
+                    license="llama3.2")
+    r = cli("chat", str(tiny_gguf), "hello", "--draft", "llama3.2-1b", *CHAT)
+    assert r.returncode == 3, r.err
+    assert r.out == "" and "license" in r.err.lower()
+    assert [x for x in hubsim.log if x["path"].endswith(".gguf")] == []
