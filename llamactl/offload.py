@@ -886,12 +886,18 @@ def plan_with_draft(target_path: Path | str, draft_path: Path | str, spec: LoadS
         if ngl and (draft.n_gpu_layers < draft.n_layers + 1
                     or draft.gpu.get("total", 0) > max(0, total_vram - margin)):
             continue                       # not wholly on the GPU: the CPU then
+        # the CUDA context and workspace are the process's, counted once: in the target's
+        # plan when it uses the GPU, else in the draft's
+        overhead = draft.gpu.get("overhead", 0) if ngl else 0
         try:
-            target = target_in(total_vram - draft.gpu.get("total", 0) if ngl else total_vram,
+            target = target_in(total_vram - (draft.gpu.get("total", 0) - overhead) if ngl else total_vram,
                                total_ram - draft.cpu.get("total", 0) if total_ram else 0)
         except DoesNotFit as exc:
             last_error = exc
             continue
+        if overhead and target.gpu.get("overhead", 0):
+            draft = dc_replace(draft, gpu={**draft.gpu, "overhead": 0,
+                                           "total": draft.gpu.get("total", 0) - overhead})
         draft = dc_replace(draft, vram=total_vram, ram=total_ram, gpus=alone.gpus,
                            devices_source=alone.devices_source)
         return DraftPlan(target, draft, where)

@@ -59,6 +59,10 @@ def test_plan_with_a_draft_shows_both(cli_here, tiny_gguf, tiny_gguf_q8):
     assert doc["draft"]["placement"] == "gpu"          # a tiny draft fits on the GPU beside it
     assert doc["draft"]["n_ctx"] == doc["n_ctx"]        # the draft follows the target's context
     assert doc["draft"]["n_gpu_layers"] == doc["draft"]["n_layers"] + 1
+    # one process, one CUDA context: its overhead is counted once, in the model's plan
+    gpu = doc["draft"]["gpu"]
+    assert doc["gpu"]["overhead"] > 0 and gpu["overhead"] == 0
+    assert gpu["total"] == gpu["weights"] + gpu.get("output_copy", 0) + gpu["kv_cache"] + gpu["compute"]
     cpu = json.loads(cli_here("plan", str(tiny_gguf), "--draft", str(tiny_gguf_q8), "--vram", "0",
                               "--ram", "16GiB", "--json").out)
     assert cpu["draft"]["placement"] == "cpu" and cpu["draft"]["n_gpu_layers"] == 0
@@ -94,3 +98,12 @@ def test_a_missing_draft_goes_through_the_license_gate(cli, hubsim, small_gguf, 
     assert r.returncode == 3, r.err
     assert r.out == "" and "license" in r.err.lower()
     assert [x for x in hubsim.log if x["path"].endswith(".gguf")] == []
+
+
+@pytest.mark.parametrize("verb", ["plan", "chat", "bench", "serve"])
+def test_draft_auto_for_llama4_says_why_before_any_pull(cli_here, verb):
+    # Scout is not on this machine: the answer comes before resolving it (no network error)
+    args = [verb, "llama4-scout", "--draft", "auto"] + (["hello"] if verb == "chat" else [])
+    r = cli_here(*args)
+    assert r.returncode == 2, r.err
+    assert "no small sibling" in r.err and r.out == ""

@@ -233,6 +233,11 @@ def register(app: typer.Typer) -> None:
             fmt = "table" if output.stdout_is_tty() else "md"
         if draft_max is not None and draft is None:
             raise UsageError("--draft-max needs --draft MODEL")
+        if draft is not None:        # `auto` without a catalog pair says so before any pull
+            from llamactl.draft import resolve_reference
+
+            for ref in models or []:
+                resolve_reference(ref, draft)
 
         if history:
             if models:

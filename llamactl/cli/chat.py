@@ -70,6 +70,10 @@ def register(app) -> None:
             raise UsageError("give --system or --system-file, not both")
         if draft_max is not None and draft is None:
             raise UsageError("--draft-max needs --draft MODEL")
+        if draft is not None:        # `auto` without a catalog pair says so before any pull
+            from llamactl.draft import resolve_reference
+
+            draft = resolve_reference(model, draft)
         from llamactl.load import load_spec
 
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,

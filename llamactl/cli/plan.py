@@ -149,6 +149,10 @@ def register(app: Any) -> None:
         ram_bytes = parse_size(ram, "--ram") if ram is not None else None
         spec = load_spec(ctx=ctx, gpu_layers=gpu_layers, cpu_moe=cpu_moe, kv_type=kv_type,
                          flash_attn=flash_attn, kv_cache=kv_cache, n_batch=batch_size, n_ubatch=ubatch_size)
+        if draft is not None:        # `auto` without a catalog pair says so before any pull
+            from llamactl.draft import resolve_reference
+
+            draft = resolve_reference(model, draft)
 
         from llamactl.cli.fetch import resolve_model
 

@@ -87,6 +87,11 @@ def serve(
         from llamactl.errors import UsageError
 
         raise UsageError("--draft-max needs --draft MODEL")
+    if draft is not None:            # `auto` without a catalog pair says so before any pull
+        from llamactl.draft import resolve_reference
+
+        for ref in models:
+            resolve_reference(ref, draft)
     if not is_loopback(host) and not api_key:
         output.warn(f"listening on {host} without --api-key: anyone who can reach it can use it")
 
