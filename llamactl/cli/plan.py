@@ -161,30 +161,17 @@ def register(app: Any) -> None:
         from llamactl.images import find_projector
 
         projector = None if no_mmproj else find_projector(path, local.entry, mmproj)
+        draft_ref = draft_local = None
         if draft is not None:
             from llamactl.cli.fetch import resolve_draft
 
             draft_ref, draft_local = resolve_draft(model, draft, accept_license=accept_license, quiet=as_json)
-            try:
-                pair = offload.plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
-                                               mmproj=projector, target_name=model, draft_name=draft_ref)
-            except offload.DoesNotFit as exc:
-                if as_json:
-                    output.json_doc(exc.plan.to_dict())
-                else:
-                    for line in render(exc.plan, model):
-                        output.data(line)
-                raise
-            if as_json:
-                output.json_doc(pair.to_dict())
-            else:
-                for line in render_with_draft(pair, model, draft_ref):
-                    output.data(line)
-            for w in pair.target.warnings + pair.draft.warnings:
-                output.warn(w)
-            return
         try:
-            result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes, mmproj=projector)
+            if draft_local is None:
+                result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes, mmproj=projector)
+            else:
+                result = offload.plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
+                                                 mmproj=projector, target_name=model, draft_name=draft_ref)
         except offload.DoesNotFit as exc:
             if as_json:
                 output.json_doc(exc.plan.to_dict())
@@ -195,7 +182,9 @@ def register(app: Any) -> None:
         if as_json:
             output.json_doc(result.to_dict())
         else:
-            for line in render(result, model):
+            lines = render(result, model) if draft_local is None else render_with_draft(result, model, draft_ref)
+            for line in lines:
                 output.data(line)
-        for w in result.warnings:
+        plans = [result] if draft_local is None else [result.target, result.draft]
+        for w in (w for p in plans for w in p.warnings):
             output.warn(w)
