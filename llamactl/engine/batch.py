@@ -112,6 +112,19 @@ class _Slot:
     accepted: int = 0
 
 
+def _keep_prefix(mem: Any, seq: int, cached: list[int], tokens: list[int]) -> int:
+    """How much of sequence `seq`'s cache (holding `cached`) `tokens` keep: their common
+    prefix, leaving at least one token to evaluate; the rest leaves the cache. Where
+    llama.cpp cannot cut the sequence there, all of it goes and 0 is returned."""
+    import llama_cpp
+
+    keep = min(_lcp(cached, tokens), len(tokens) - 1)
+    if keep < len(cached) and not llama_cpp.llama_memory_seq_rm(mem, seq, keep, -1):
+        llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
+        keep = 0
+    return keep
+
+
 class BatchDecoder:
     """`n_slots` sequences of at most `slot_ctx` tokens each, decoded together."""
 
@@ -195,11 +208,7 @@ class BatchDecoder:
             prompt, flags, n_image = engine.images.expand_flags(prompt, flags)
         if len(prompt) >= self.slot_ctx:
             raise LlamactlError(f"the prompt is {len(prompt)} tokens; a slot's context is {self.slot_ctx} tokens")
-        keep = min(_lcp(slot.tokens, prompt), len(prompt) - 1)
-        if keep < len(slot.tokens):
-            if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
-                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-                keep = 0
+        keep = _keep_prefix(self._mem, slot.seq, slot.tokens, prompt)
         slot.tokens = slot.tokens[:keep]
         slot.flags = flags[:keep]
         slot.todo = prompt[keep:]
@@ -408,12 +417,8 @@ class BatchDecoder:
         need: dict[int, list[int]] = {}
         for s in slots:
             seq_tokens = s.tokens + [s.last]
-            keep = min(_lcp(s.dtokens, seq_tokens), len(seq_tokens) - 1)
-            if keep < len(s.dtokens):
-                if not llama_cpp.llama_memory_seq_rm(self._dmem, s.seq, keep, -1):
-                    llama_cpp.llama_memory_seq_rm(self._dmem, s.seq, -1, -1)
-                    keep = 0
-                s.dtokens = s.dtokens[:keep]
+            keep = _keep_prefix(self._dmem, s.seq, s.dtokens, seq_tokens)
+            s.dtokens = s.dtokens[:keep]
             need[s.seq] = seq_tokens[keep:]
         logits: dict[int, Any] = {}          # slot -> the draft's logits after its last token
         while any(need.values()):
