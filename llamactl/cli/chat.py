@@ -139,9 +139,10 @@ def register(app) -> None:
 
             if draft_local is not None:
                 from llamactl.cli.plan import render_with_draft
+                from llamactl.draft import plan_with_draft
 
-                pair = offload.plan_with_draft(path, draft_local.path, spec, mmproj=projector,
-                                               target_name=model, draft_name=draft_ref)
+                pair = plan_with_draft(path, draft_local.path, spec, mmproj=projector,
+                                       target_name=model, draft_name=draft_ref)
                 if json_out:
                     output.json_doc({"model": model, "path": str(path), **pair.to_dict()})
                     return

@@ -11,7 +11,8 @@ from llamactl.cli.options import (AcceptLicenseOpt, BatchOpt, CpuMoeOpt, CtxOpt,
                                   DraftOpt, JsonOpt, KvTypeOpt, ModelArg, RamOpt, UbatchOpt, VramOpt)
 
 if TYPE_CHECKING:
-    from llamactl.offload import DraftPlan, Plan
+    from llamactl.draft import DraftPlan
+    from llamactl.offload import Plan
 
 
 def _row(label: str, gpu: int | str, cpu: int | str) -> str:
@@ -166,12 +167,14 @@ def register(app: Any) -> None:
             from llamactl.cli.fetch import resolve_draft
 
             draft_ref, draft_local = resolve_draft(model, draft, accept_license=accept_license, quiet=as_json)
+        from llamactl.draft import plan_with_draft
+
         try:
             if draft_local is None:
                 result = offload.plan_for_model(path, spec, vram=vram_bytes, ram=ram_bytes, mmproj=projector)
             else:
-                result = offload.plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
-                                                 mmproj=projector, target_name=model, draft_name=draft_ref)
+                result = plan_with_draft(path, draft_local.path, spec, vram=vram_bytes, ram=ram_bytes,
+                                         mmproj=projector, target_name=model, draft_name=draft_ref)
         except offload.DoesNotFit as exc:
             if as_json:
                 output.json_doc(exc.plan.to_dict())

@@ -141,7 +141,8 @@ def _plan(models: list[dict[str, Any]], spec: Any, *, parallel: int | None, chat
     from llamactl.errors import InsufficientResources
     from llamactl.fsutil import human_bytes
     from llamactl.gguf_info import read_gguf
-    from llamactl.offload import plan_for_model, plan_with_draft
+    from llamactl.draft import plan_with_draft
+    from llamactl.offload import plan_for_model
 
     slot_ctx = {}
     for m in models:

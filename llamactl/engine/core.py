@@ -84,7 +84,7 @@ class Engine:
              plan: Plan | None = None) -> "Engine":
         """Plan and load `model_path` as `options.load` says (see llamactl.load); `plan`:
         a plan already made for it (a target and its draft are planned together:
-        llamactl.offload.plan_with_draft)."""
+        llamactl.draft.plan_with_draft)."""
         from llamactl import offload
 
         options = options or EngineOptions()
@@ -144,12 +144,12 @@ class Engine:
     def load_with_draft(cls, model_path: Path, options: EngineOptions, draft_path: Path, *,
                         draft_max: int | None = None, target_name: str | None = None,
                         draft_name: str | None = None) -> "Engine":
-        """Plan the model and its draft together (llamactl.offload.plan_with_draft), load
+        """Plan the model and its draft together (llamactl.draft.plan_with_draft), load
         both and attach the draft: what chat, bench and serve call for --draft."""
-        from llamactl import offload
+        from llamactl.draft import plan_with_draft
 
-        plans = offload.plan_with_draft(model_path, draft_path, options.load, mmproj=options.mmproj,
-                                        target_name=target_name, draft_name=draft_name)
+        plans = plan_with_draft(model_path, draft_path, options.load, mmproj=options.mmproj,
+                                target_name=target_name, draft_name=draft_name)
         engine = cls.load(model_path, options, plan=plans.target)
         try:
             engine.load_draft(draft_path, draft_max, name=draft_name or Path(draft_path).name,
